@@ -1,0 +1,75 @@
+"""Values the core passes between adapters: secrets read from Vault, token grants, published tokens.
+
+Every field that holds a secret is excluded from ``repr`` so that a value printed by accident, in
+a log line or a traceback, shows its shape and never its content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+__all__ = [
+    "ClientAuthMethod",
+    "ClientCredentials",
+    "PublishedToken",
+    "StoredSecret",
+    "TokenGrant",
+]
+
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSecret:
+    """A KV v2 secret as read from Vault, with the version that fences the next write."""
+
+    location: str
+    """``mount/path``, for messages; not a secret."""
+    version: int
+    refresh_token: str = field(repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)
+    """PEM private key for ``private_key_jwt``, when the secret carries one."""
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """Every field of the secret; a write-back keeps the ones it does not change."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """How the sidecar authenticates itself as the OAuth client at the token endpoint."""
+
+    client_id: str
+    method: ClientAuthMethod
+    client_secret: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)
+    signing_alg: str = "RS256"
+    key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """A successful token endpoint response (RFC 6749 §5.1), validated but not yet clamped."""
+
+    access_token: str = field(repr=False)
+    token_type: str
+    expires_in: float | None
+    """Seconds as the server said; ``None`` when absent. The schedule applies the clamps."""
+    refresh_token: str | None = field(default=None, repr=False)
+    """A rotated refresh token, or ``None`` when the server keeps the current one."""
+    scope: str | None = None
+    refresh_expires_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedToken:
+    """What the app reads: the access token and the facts about it in ``token.json``."""
+
+    access_token: str = field(repr=False)
+    token_type: str
+    issued_at: datetime
+    expires_at: datetime
+    scope: str | None = None

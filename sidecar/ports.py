@@ -1,0 +1,79 @@
+"""Protocols between the core and its adapters.
+
+The refresher depends only on these; the wiring in :mod:`sidecar.app` supplies real adapters,
+unit tests supply fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from sidecar.model import ClientCredentials, PublishedToken, StoredSecret, TokenGrant
+
+__all__ = ["Clock", "RefreshObserver", "SecretStore", "TokenExchanger", "TokenSink"]
+
+
+class Clock(Protocol):
+    """Time as the core sees it: a monotonic clock for deadlines, wall time for expiry stamps."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch."""
+        ...
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait until ``event`` is set or ``timeout`` seconds pass; return whether it was set."""
+        ...
+
+
+class SecretStore(Protocol):
+    """One credential's KV v2 secret."""
+
+    @property
+    def location(self) -> str:
+        """``mount/path`` of the secret, for messages."""
+        ...
+
+    async def read(self) -> StoredSecret:
+        """Read the current version. Raises SecretNotFound, SecretInvalid, Vault* errors."""
+        ...
+
+    async def write_refresh_token(self, secret: StoredSecret, refresh_token: str) -> StoredSecret:
+        """Replace ``refresh_token`` with check-and-set on ``secret.version``.
+
+        Every other field of the secret is kept. Returns the secret as now stored (new
+        version). Raises CasConflict when another writer got there first.
+        """
+        ...
+
+
+class TokenExchanger(Protocol):
+    """One credential's token endpoint."""
+
+    async def refresh(self, refresh_token: str, client: ClientCredentials) -> TokenGrant:
+        """Exchange ``refresh_token`` (``grant_type=refresh_token``) once; no retries inside."""
+        ...
+
+    async def probe(self) -> None:
+        """Reach the endpoint (or its discovery document) without exchanging anything."""
+        ...
+
+
+class TokenSink(Protocol):
+    """Where the app reads its token: one directory per credential."""
+
+    def prepare(self) -> None:
+        """Check the directory is usable and remove leftover temporary files."""
+        ...
+
+    def publish(self, token: PublishedToken) -> None:
+        """Replace the token files atomically. Raises SinkError."""
+        ...
+
+
+class RefreshObserver(Protocol):
+    """Receives events that counters and histograms need (gauges read status at scrape time)."""
+
+    def refresh_finished(self, credential: str, outcome: str, seconds: float) -> None: ...
