@@ -36,6 +36,8 @@ from sidecar.model import ClientAuthMethod
 
 __all__ = [
     "CredentialConfig",
+    "HttpConfig",
+    "JournalConfig",
     "LogConfig",
     "RefreshConfig",
     "ServerConfig",
@@ -226,8 +228,6 @@ class RefreshConfig(_Section):
     backoff_max_seconds: Annotated[float, Field(gt=0)] = 300.0
     max_retry_after_seconds: Annotated[float, Field(gt=0)] = 3600.0
     secret_poll_seconds: Annotated[float, Field(gt=0)] = 30.0
-    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
-    max_response_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     ready_margin_seconds: Annotated[float, Field(ge=0)] = 5.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 20.0
 
@@ -238,6 +238,22 @@ class RefreshConfig(_Section):
         if self.backoff_initial_seconds > self.backoff_max_seconds:
             raise ValueError("backoff_initial_seconds: must not exceed backoff_max_seconds")
         return self
+
+
+class HttpConfig(_Section):
+    """The HTTP client used for token endpoints and discovery documents."""
+
+    ca_cert: Path | None = Field(
+        default=None, description="CA bundle for the authorization servers; else system CAs."
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+
+
+class JournalConfig(_Section):
+    """Where a rotated refresh token waits until Vault holds it (a private in-memory volume)."""
+
+    dir: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -253,6 +269,8 @@ class Settings(BaseSettings):
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
     refresh: RefreshConfig = RefreshConfig()
+    http: HttpConfig = HttpConfig()
+    journal: JournalConfig = JournalConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> Self:

@@ -17,6 +17,7 @@ boundary with ``raise ... from exc``; the core decides what to do from the class
     │   └── SinkError                the token file could not be written (disk full, read-only)
     └── FinalError                   retrying the same input cannot help; wait for a change
         ├── InvalidGrant             refresh token rejected (invalid_grant): never present it again
+        ├── ResponseLostTwice        the retry's answer was lost too: the token may be spent
         ├── ClientRejected           invalid_client, unauthorized_client, invalid_scope, ...
         ├── VaultPermissionDenied    403 after a fresh login
         ├── VaultAuthFailed          login refused (role, JWT, AppRole credentials)
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidGrant",
     "MalformedResponse",
     "ResponseLost",
+    "ResponseLostTwice",
     "RetryableError",
     "SecretInvalid",
     "SecretNotFound",
@@ -111,6 +113,10 @@ class FinalError(SidecarError):
 
 class InvalidGrant(FinalError):
     kind = "invalid_grant"
+
+
+class ResponseLostTwice(FinalError):
+    kind = "response_lost"
 
 
 class ClientRejected(FinalError):

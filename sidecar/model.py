@@ -14,6 +14,7 @@ from typing import Any, Literal
 __all__ = [
     "ClientAuthMethod",
     "ClientCredentials",
+    "JournalEntry",
     "PublishedToken",
     "StoredSecret",
     "TokenGrant",
@@ -73,3 +74,14 @@ class PublishedToken:
     issued_at: datetime
     expires_at: datetime
     scope: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """A rotated refresh token that the authorization server issued and Vault may not hold yet."""
+
+    location: str
+    base_version: int
+    """The KV version the token was rotated from; the write-back is check-and-set on it."""
+    refresh_token: str = field(repr=False)
+    saved_at: float = 0.0

@@ -9,9 +9,22 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from sidecar.model import ClientCredentials, PublishedToken, StoredSecret, TokenGrant
+from sidecar.model import (
+    ClientCredentials,
+    JournalEntry,
+    PublishedToken,
+    StoredSecret,
+    TokenGrant,
+)
 
-__all__ = ["Clock", "RefreshObserver", "SecretStore", "TokenExchanger", "TokenSink"]
+__all__ = [
+    "Clock",
+    "Journal",
+    "RefreshObserver",
+    "SecretStore",
+    "TokenExchanger",
+    "TokenSink",
+]
 
 
 class Clock(Protocol):
@@ -77,3 +90,15 @@ class RefreshObserver(Protocol):
     """Receives events that counters and histograms need (gauges read status at scrape time)."""
 
     def refresh_finished(self, credential: str, outcome: str, seconds: float) -> None: ...
+
+
+class Journal(Protocol):
+    """A private, restart-surviving place for a rotated refresh token not yet in Vault (R2)."""
+
+    def load(self) -> JournalEntry | None: ...
+
+    def save(self, entry: JournalEntry) -> None:
+        """Store durably before returning. Raises SinkError."""
+        ...
+
+    def clear(self) -> None: ...

@@ -1,0 +1,254 @@
+"""Wiring: builds the adapters from settings, runs one refresher per credential, handles signals.
+
+This is the only module that knows every concrete class. ``run`` keeps going until SIGTERM or
+SIGINT; then no new exchange starts, pending write-backs get ``shutdown_grace_seconds`` to land,
+and the process exits 0. A refresher that crashes stops the others (one task group) and the
+process exits non-zero so the kubelet restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import structlog
+
+from sidecar.adapters.exchange import TokenEndpoint, make_http_client
+from sidecar.adapters.journal import FileJournal
+from sidecar.adapters.server import HealthServer
+from sidecar.adapters.sink import FileSink
+from sidecar.adapters.vault import VaultSecretStore, VaultSession
+from sidecar.backoff import BackoffPolicy
+from sidecar.clock import SystemClock
+from sidecar.config import CredentialConfig, Settings
+from sidecar.errors import SidecarError
+from sidecar.metrics import Metrics
+from sidecar.ports import Clock
+from sidecar.refresher import ClientTemplate, RefreshPolicy, Refresher, client_credentials
+from sidecar.schedule import SchedulePolicy
+from sidecar.status import StatusBoard
+
+__all__ = ["App", "CheckResult"]
+
+log = structlog.get_logger("sidecar.app")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    subject: str
+    ok: bool
+    detail: str
+
+
+def _read_private_key(credential: CredentialConfig) -> str | None:
+    if credential.private_key_file is None:
+        return None
+    try:
+        return credential.private_key_file.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SidecarError(
+            f"credentials.{credential.name}.private_key_file: cannot read "
+            f"{credential.private_key_file} ({getattr(exc, 'strerror', None) or 'not ASCII PEM'})"
+        ) from exc
+
+
+class App:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.stop = asyncio.Event()
+        self.board = StatusBoard()
+        self.metrics = Metrics(self.board, time=self.clock.time)
+        self.vault = VaultSession(settings.vault, on_request=self.metrics.vault_request)
+        self.http: httpx.AsyncClient = make_http_client(
+            settings.http.ca_cert, settings.http.timeout_seconds
+        )
+        refresh = settings.refresh
+        self.policy = RefreshPolicy(
+            schedule=SchedulePolicy.from_config(refresh),
+            backoff=BackoffPolicy.from_config(refresh),
+            secret_poll=refresh.secret_poll_seconds,
+            operation_timeout=max(settings.http.timeout_seconds, settings.vault.timeout_seconds),
+        )
+        self.refreshers = [self._refresher(c) for c in settings.credentials]
+
+    def _refresher(self, credential: CredentialConfig) -> Refresher:
+        journal_dir = self.settings.journal.dir
+        return Refresher(
+            store=VaultSecretStore(self.vault, credential.kv_mount, credential.kv_path),
+            exchanger=TokenEndpoint(
+                credential, self.http, max_response_bytes=self.settings.http.max_response_bytes
+            ),
+            sink=FileSink(
+                credential.output_dir, mode=credential.file_mode, group=credential.file_group
+            ),
+            client=client_template(credential),
+            status=self.board.add(credential.name, required=credential.required),
+            clock=self.clock,
+            stop=self.stop,
+            policy=self.policy,
+            observer=self.metrics,
+            journal=FileJournal(journal_dir, credential.name) if journal_dir else None,
+        )
+
+    # -- run --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; return the exit code."""
+        server = HealthServer(
+            self.settings.server.host,
+            self.settings.server.port,
+            board=self.board,
+            metrics=self.metrics,
+            clock=self.clock,
+            ready_margin=self.settings.refresh.ready_margin_seconds,
+        )
+        await server.start()
+        log.info(
+            "sidecar.started",
+            credentials=[r.name for r in self.refreshers],
+            address=f"{self.settings.server.host}:{server.port}",
+        )
+        try:
+            with self._signals():
+                await self._supervise()
+        finally:
+            await server.close()
+            await self.close()
+        log.info("sidecar.stopped")
+        return 0
+
+    async def once(self) -> int:
+        """One refresh per credential; 0 when every one succeeded, else 1."""
+        failed: list[str] = []
+
+        async def one(refresher: Refresher) -> None:
+            try:
+                await refresher.once()
+            except SidecarError as exc:
+                failed.append(refresher.name)
+                log.error(
+                    "once.failed", credential=refresher.name, error=exc.kind, message=exc.message
+                )
+
+        try:
+            with self._signals():
+                async with asyncio.TaskGroup() as tasks:
+                    for refresher in self.refreshers:
+                        tasks.create_task(one(refresher), name=f"once:{refresher.name}")
+                    tasks.create_task(self._enforce_grace(), name="grace")
+                    tasks.create_task(self._stop_when_done(), name="done")
+        finally:
+            await self.close()
+        return 1 if failed else 0
+
+    async def _supervise(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for refresher in self.refreshers:
+                tasks.create_task(refresher.run(), name=f"refresher:{refresher.name}")
+            tasks.create_task(self._enforce_grace(), name="grace")
+
+    async def _stop_when_done(self) -> None:
+        current = asyncio.current_task()
+        others = [
+            t for t in asyncio.all_tasks() if t.get_name().startswith("once:") and t is not current
+        ]
+        await asyncio.gather(*others, return_exceptions=True)
+        self.stop.set()
+
+    async def _enforce_grace(self) -> None:
+        """After stop, give pending write-backs the grace period, then cancel what is left."""
+        await self.stop.wait()
+        grace = self.settings.refresh.shutdown_grace_seconds
+        current = asyncio.current_task()
+        workers = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not current and t.get_name().startswith(("refresher:", "once:"))
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*workers, return_exceptions=True)
+            return
+        pending = [n for n, s in self.board.credentials.items() if s.writeback_pending]
+        log.critical("shutdown.grace_expired", writeback_pending=pending, grace=grace)
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def request_stop(signame: str) -> None:
+            if not self.stop.is_set():
+                log.info("sidecar.stopping", signal=signame)
+            self.stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop, sig.name)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self.vault.close()
+
+    # -- check ------------------------------------------------------------------------
+
+    async def check(self) -> list[CheckResult]:
+        """Log in, read every secret, reach every endpoint; exchange nothing."""
+        results: list[CheckResult] = []
+        auth = self.settings.vault.auth
+        try:
+            await self.vault.login()
+        except SidecarError as exc:
+            results.append(CheckResult("vault", ok=False, detail=exc.message))
+            await self.close()
+            return results
+        results.append(
+            CheckResult("vault", ok=True, detail=f"logged in with {auth.method} at auth/{auth.mount_path}")
+        )
+        for credential in self.settings.credentials:
+            subject = f"credential {credential.name}"
+            store = VaultSecretStore(self.vault, credential.kv_mount, credential.kv_path)
+            try:
+                secret = await store.read()
+                client_credentials(client_template(credential), secret)
+                results.append(
+                    CheckResult(subject, ok=True, detail=f"secret {secret.location} v{secret.version}")
+                )
+            except SidecarError as exc:
+                results.append(CheckResult(subject, ok=False, detail=exc.message))
+            endpoint = TokenEndpoint(
+                credential, self.http, max_response_bytes=self.settings.http.max_response_bytes
+            )
+            target = credential.issuer or credential.token_endpoint
+            try:
+                await endpoint.probe()
+                results.append(CheckResult(subject, ok=True, detail=f"reached {target}"))
+            except SidecarError as exc:
+                results.append(CheckResult(subject, ok=False, detail=exc.message))
+            try:
+                FileSink(credential.output_dir, mode=credential.file_mode).prepare()
+                results.append(
+                    CheckResult(subject, ok=True, detail=f"output_dir {credential.output_dir} usable")
+                )
+            except SidecarError as exc:
+                results.append(CheckResult(subject, ok=False, detail=exc.message))
+        await self.close()
+        return results
+
+
+def client_template(credential: CredentialConfig) -> ClientTemplate:
+    return ClientTemplate(
+        method=credential.client_auth,
+        client_id=credential.client_id,
+        private_key=_read_private_key(credential),
+        signing_alg=credential.signing_alg,
+        key_id=credential.key_id,
+    )

@@ -1,0 +1,97 @@
+"""Command line: ``token-sidecar [--config FILE] {run,once,check}`` and ``--version``.
+
+Exit codes: 0 success; 1 a refresh or check failed; 2 the configuration is invalid.
+Heavy imports happen after the arguments are parsed so that ``--version`` and ``--help`` are
+instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from sidecar import __version__
+
+if TYPE_CHECKING:
+    from sidecar.config import Settings
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+_COMMANDS = {
+    "run": "refresh every credential ahead of expiry until SIGTERM",
+    "once": "refresh every credential once, write the files, exit",
+    "check": "validate the config, log in to Vault, read each secret, reach each endpoint",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="YAML configuration (default: $TOKEN_SIDECAR_CONFIG; environment only if unset)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="token-sidecar",
+        description="Keep a service supplied with short-lived OAuth 2.0 access tokens.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"token-sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in _COMMANDS.items():
+        commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+    return parser
+
+
+def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = out or sys.stdout
+    config: Path | None = getattr(args, "config", None)
+    if config is None and os.environ.get("TOKEN_SIDECAR_CONFIG"):
+        config = Path(os.environ["TOKEN_SIDECAR_CONFIG"])
+
+    from sidecar.config import load_settings  # noqa: PLC0415  # keep --version instant
+    from sidecar.errors import ConfigError  # noqa: PLC0415
+    from sidecar.logs import configure_logging  # noqa: PLC0415
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log.level, settings.log.format)
+
+    command: str = args.command
+    return asyncio.run(_main(settings, command, out))
+
+
+async def _main(settings: Settings, command: str, out: TextIO) -> int:
+    from sidecar.app import App  # noqa: PLC0415
+    from sidecar.errors import SidecarError  # noqa: PLC0415
+
+    try:
+        app = App(settings)
+    except SidecarError as exc:
+        print(f"config error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    if command == "run":
+        return await app.run()
+    if command == "once":
+        return await app.once()
+    results = await app.check()
+    for result in results:
+        print(f"{'ok  ' if result.ok else 'FAIL'} {result.subject}: {result.detail}", file=out)
+    failed = sum(not r.ok for r in results)
+    print(f"{failed} problem(s)" if failed else "all checks passed", file=out)
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,62 @@
+"""When to refresh: pure functions of the token's lifetime, the policy and a random source.
+
+The refresh happens at about ``fraction`` (2/3) of the lifetime, spread by ``jitter`` so that a
+fleet started together does not refresh together, and never later than ``min_margin`` before
+expiry. For tokens too short for that margin the margin shrinks to half the lifetime, and no
+delay is ever shorter than ``min_interval`` (so an absurd ``expires_in`` cannot make a hot loop).
+
+``expires_in`` as sent by the server is clamped first (:func:`effective_lifetime`):
+
+==========================  ==========================================
+absent, not a number        ``default_expires_in`` (300 s)
+zero, negative, tiny        ``min_expires_in`` (5 s)
+astronomically large        ``max_expires_in`` (1 day)
+==========================  ==========================================
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from sidecar.config import RefreshConfig
+
+__all__ = ["SchedulePolicy", "effective_lifetime", "refresh_delay"]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulePolicy:
+    fraction: float = 2 / 3
+    jitter: float = 0.05
+    min_margin: float = 60.0
+    min_interval: float = 1.0
+    default_expires_in: float = 300.0
+    min_expires_in: float = 5.0
+    max_expires_in: float = 86_400.0
+
+    @classmethod
+    def from_config(cls, config: RefreshConfig) -> SchedulePolicy:
+        return cls(
+            fraction=config.fraction,
+            jitter=config.jitter,
+            min_margin=config.min_margin_seconds,
+            min_interval=config.min_interval_seconds,
+            default_expires_in=config.default_expires_in,
+            min_expires_in=config.min_expires_in,
+            max_expires_in=config.max_expires_in,
+        )
+
+
+def effective_lifetime(expires_in: float | None, policy: SchedulePolicy) -> float:
+    """The lifetime to plan with, in seconds, after the documented defaults and clamps."""
+    if expires_in is None or not math.isfinite(expires_in):
+        return policy.default_expires_in
+    return min(max(expires_in, policy.min_expires_in), policy.max_expires_in)
+
+
+def refresh_delay(lifetime: float, policy: SchedulePolicy, rng: random.Random) -> float:
+    """Seconds after the token was requested at which to refresh it."""
+    target = lifetime * (policy.fraction + rng.uniform(-policy.jitter, policy.jitter))
+    latest = max(lifetime - policy.min_margin, lifetime / 2)
+    return max(min(target, latest), policy.min_interval)

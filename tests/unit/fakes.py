@@ -1,0 +1,182 @@
+"""In-memory stand-ins for the refresher's ports, for unit tests of the core only.
+
+Every fake appends to a shared ``events`` list so tests can assert the order of operations
+(R2: persist before publish). The integration tests use the real adapters and servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from sidecar.errors import CasConflict, SidecarError
+from sidecar.model import ClientCredentials, JournalEntry, PublishedToken, StoredSecret, TokenGrant
+
+
+class FakeClock:
+    """Time moves only when a loop waits; waiting jumps straight to the deadline."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.mono = 1000.0
+        self.wall_offset = start - self.mono
+        self.stop_at = float("inf")
+        self.stop_event: asyncio.Event | None = None
+        self.waits = 0
+
+    def stop_after(self, seconds: float, stop: asyncio.Event) -> None:
+        """Set ``stop`` once simulated time reaches ``seconds`` from now."""
+        self.stop_at = self.mono + seconds
+        self.stop_event = stop
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return self.mono + self.wall_offset
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        self.waits += 1
+        if self.waits > 100_000:
+            raise AssertionError("the loop keeps waiting: a hot loop or a missing stop")
+        if event.is_set():
+            return True
+        target = self.mono + max(timeout, 0.0)
+        if self.stop_event is not None and target >= self.stop_at:
+            self.mono = max(self.mono, self.stop_at)
+            self.stop_event.set()
+            if event is not self.stop_event:
+                self.mono = target
+        else:
+            self.mono = target
+        await asyncio.sleep(0)
+        return event.is_set()
+
+
+@dataclass
+class Events:
+    log: list[tuple[str, object]] = field(default_factory=list)
+
+    def add(self, kind: str, detail: object = None) -> None:
+        self.log.append((kind, detail))
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.log]
+
+
+class FakeStore:
+    def __init__(self, events: Events, refresh_token: str = "rt-0000000001", **fields: str) -> None:
+        self.events = events
+        self.location = "secret/apps/demo"
+        self.data: dict[str, object] = {"refresh_token": refresh_token, **fields}
+        self.version = 1
+        self.fail_reads: list[SidecarError] = []
+        self.fail_writes: list[SidecarError] = []
+
+    def _secret(self) -> StoredSecret:
+        return StoredSecret(
+            location=self.location,
+            version=self.version,
+            refresh_token=str(self.data["refresh_token"]),
+            client_id=self.data.get("client_id"),  # type: ignore[arg-type]
+            client_secret=self.data.get("client_secret"),  # type: ignore[arg-type]
+            data=dict(self.data),
+        )
+
+    def operator_write(self, refresh_token: str) -> None:
+        self.data = {**self.data, "refresh_token": refresh_token}
+        self.version += 1
+
+    async def read(self) -> StoredSecret:
+        self.events.add("read", self.version)
+        if self.fail_reads:
+            raise self.fail_reads.pop(0)
+        return self._secret()
+
+    async def write_refresh_token(self, secret: StoredSecret, refresh_token: str) -> StoredSecret:
+        self.events.add("write", refresh_token)
+        if self.fail_writes:
+            raise self.fail_writes.pop(0)
+        if secret.version != self.version:
+            raise CasConflict("check-and-set parameter did not match")
+        self.data = {**self.data, "refresh_token": refresh_token}
+        self.version += 1
+        return self._secret()
+
+
+class FakeExchanger:
+    """A rotating authorization server: each refresh token works once."""
+
+    def __init__(self, events: Events, valid: str = "rt-0000000001", expires_in: float = 30.0):
+        self.events = events
+        self.valid = {valid}
+        self.presented: list[str] = []
+        self.expires_in: float | None = expires_in
+        self.rotate = True
+        self.counter = 1
+        self.script: list[SidecarError | Callable[[str], None]] = []
+
+    async def refresh(self, refresh_token: str, client: ClientCredentials) -> TokenGrant:
+        self.presented.append(refresh_token)
+        self.events.add("exchange", refresh_token)
+        if self.script:
+            step = self.script.pop(0)
+            if isinstance(step, SidecarError):
+                raise step
+            step(refresh_token)
+        from sidecar.errors import InvalidGrant  # noqa: PLC0415
+
+        if refresh_token not in self.valid:
+            raise InvalidGrant("invalid_grant")
+        self.counter += 1
+        new = None
+        if self.rotate:
+            self.valid.discard(refresh_token)
+            new = f"rt-{self.counter:010d}"
+            self.valid.add(new)
+        return TokenGrant(
+            access_token=f"at-{self.counter:010d}",
+            token_type="Bearer",
+            expires_in=self.expires_in,
+            refresh_token=new,
+        )
+
+    async def probe(self) -> None:
+        return None
+
+
+class FakeSink:
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self.published: list[PublishedToken] = []
+        self.fail: list[SidecarError] = []
+
+    def prepare(self) -> None:
+        self.events.add("prepare")
+
+    def publish(self, token: PublishedToken) -> None:
+        if self.fail:
+            raise self.fail.pop(0)
+        self.events.add("publish", token.access_token)
+        self.published.append(token)
+
+
+class FakeJournal:
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self.entry: JournalEntry | None = None
+
+    def load(self) -> JournalEntry | None:
+        return self.entry
+
+    def save(self, entry: JournalEntry) -> None:
+        self.events.add("journal", entry.refresh_token)
+        self.entry = replace(entry)
+
+    def clear(self) -> None:
+        if self.entry is not None:
+            self.events.add("journal_clear")
+        self.entry = None

@@ -1,0 +1,143 @@
+"""Configuration: YAML plus environment; every problem reported with its key, values never echoed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import load_settings
+from sidecar.errors import ConfigError
+
+MINIMAL = """
+vault:
+  address: http://127.0.0.1:8200
+  auth: {method: kubernetes, role: my-app}
+credentials:
+  - name: billing
+    kv_path: apps/my-app/billing
+    token_endpoint: https://idp.example/oauth2/token
+    output_dir: /var/run/tokens/billing
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VAULT_ADDR", "VAULT_CACERT", "VAULT_NAMESPACE", "VAULT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    return info.value.problems
+
+
+def test_minimal_config_and_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL))
+    cred = settings.credentials[0]
+    assert cred.kv_mount == "secret"
+    assert cred.client_auth == "client_secret_basic"
+    assert cred.file_mode == 0o440
+    assert settings.vault.auth.mount_path == "kubernetes"
+    assert settings.server.port == 8099
+    assert settings.log.format == "json"
+
+
+def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKEN_SIDECAR_LOG__LEVEL", "debug")
+    monkeypatch.setenv("TOKEN_SIDECAR_VAULT__AUTH__ROLE", "other")
+    monkeypatch.setenv("VAULT_ADDR", "https://vault.example:8200")
+    monkeypatch.setenv("VAULT_NAMESPACE", "team-a")
+    settings = load_settings(write(tmp_path, MINIMAL))
+    assert settings.log.level == "debug"
+    assert settings.vault.auth.role == "other"
+    assert settings.vault.address == "https://vault.example:8200"
+    assert settings.vault.namespace == "team-a"
+    monkeypatch.setenv("TOKEN_SIDECAR_VAULT__ADDRESS", "https://wins.example")
+    assert load_settings(write(tmp_path, MINIMAL)).vault.address == "https://wins.example"
+
+
+def test_credentials_from_environment_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "TOKEN_SIDECAR_CREDENTIALS",
+        '[{"name": "a", "kv_path": "p", "issuer": "https://idp.example", "output_dir": "/t/a"}]',
+    )
+    settings = load_settings(None)
+    assert settings.credentials[0].issuer == "https://idp.example"
+
+
+def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+vault:
+  address: http://vault.example:8200
+  auth: {method: kubernetes, colour: blue}
+credentials:
+  - name: Billing_1
+    kv_path: apps/x
+    token_endpoint: https://idp.example/token
+    output_dir: /t/a
+    file_mode: "0666"
+  - name: b
+    kv_path: apps/y
+    output_dir: /t/b
+server: {address: "nope"}
+log: {level: loud}
+""",
+    )
+    text = "\n".join(found)
+    assert "vault.auth.colour: unknown key" in text
+    assert "credentials[0].name:" in text
+    assert "credentials[0].file_mode: must not be world-writable" in text
+    assert "credentials[1].token_endpoint: set exactly one of token_endpoint and issuer" in text
+    assert "server.address:" in text
+    assert "log.level:" in text
+
+
+def test_plain_http_only_to_loopback(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL.replace("https://idp.example", "http://idp.example"))
+    assert found == [
+        "credentials[0].token_endpoint: plain http to a non-loopback host "
+        "(use https, or set allow_insecure_http: true)"
+    ]
+    ok = MINIMAL.replace("https://idp.example", "http://127.0.0.1:9000")
+    assert load_settings(write(tmp_path, ok)).credentials[0].token_endpoint
+
+
+def test_duplicates_are_rejected(tmp_path: Path) -> None:
+    doubled = MINIMAL + """
+  - name: billing
+    kv_path: apps/other
+    issuer: https://idp.example
+    output_dir: /var/run/tokens/billing/
+"""
+    found = problems(tmp_path, doubled)
+    assert "credentials[1].name: duplicate name 'billing'" in found
+    assert "credentials[1].output_dir: already used by credential 'billing'" in found
+
+
+def test_method_specific_requirements(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL.replace("role: my-app", "mount: k8s"))
+    assert found == ["vault.auth.role: required for auth method 'kubernetes'"]
+
+
+def test_values_are_never_echoed(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL.replace("name: billing", "name: SUPERSECRETVALUE"))
+    assert not any("SUPERSECRETVALUE" in p for p in found)
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")
+    assert "not valid YAML at line 1" in problems(tmp_path, "credentials: [")[0]
+    assert problems(tmp_path, "- a\n- b\n") == [
+        f"--config {tmp_path / 'config.yaml'}: the top level must be a mapping"
+    ]

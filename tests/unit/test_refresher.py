@@ -1,0 +1,238 @@
+"""The refresh loop against fakes of its ports, on a fake clock: order, schedule, errors (R1-R6)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from sidecar.errors import (
+    InvalidGrant,
+    ResponseLost,
+    SecretNotFound,
+    TokenEndpointUnavailable,
+    VaultUnavailable,
+)
+from sidecar.model import JournalEntry
+from sidecar.refresher import ClientTemplate, RefreshPolicy, Refresher
+from sidecar.schedule import SchedulePolicy
+from sidecar.status import CredentialStatus, Phase
+from tests.unit.fakes import Events, FakeClock, FakeExchanger, FakeJournal, FakeSink, FakeStore
+
+
+class Rig:
+    def __init__(self, *, journal: bool = False, expires_in: float = 30.0) -> None:
+        self.events = Events()
+        self.clock = FakeClock()
+        self.stop = asyncio.Event()
+        self.store = FakeStore(self.events, client_id="demo", client_secret="s3cret-value")
+        self.exchanger = FakeExchanger(self.events, expires_in=expires_in)
+        self.sink = FakeSink(self.events)
+        self.journal = FakeJournal(self.events) if journal else None
+        self.status = CredentialStatus(name="demo")
+        self.policy = RefreshPolicy(
+            schedule=SchedulePolicy(min_margin=5.0), secret_poll=30.0, operation_timeout=5.0
+        )
+        self.refresher = Refresher(
+            store=self.store,
+            exchanger=self.exchanger,
+            sink=self.sink,
+            client=ClientTemplate(),
+            status=self.status,
+            clock=self.clock,
+            stop=self.stop,
+            policy=self.policy,
+            journal=self.journal,
+            rng=random.Random(7),
+        )
+
+    def run_for(self, seconds: float) -> None:
+        self.clock.stop_after(seconds, self.stop)
+        asyncio.run(self.refresher.run())
+
+    def exchanges(self) -> list[object]:
+        return [d for k, d in self.events.log if k == "exchange"]
+
+
+def test_rotated_token_reaches_vault_before_the_access_token_is_published() -> None:
+    rig = Rig()
+    rig.run_for(1)
+    assert rig.events.kinds()[:5] == ["prepare", "read", "exchange", "write", "publish"]
+    assert rig.store.data["refresh_token"] == "rt-0000000002"
+    assert rig.store.data["client_secret"] == "s3cret-value"
+    assert rig.status.phase is Phase.STOPPED
+    assert rig.status.writeback_pending is False
+
+
+def test_refreshes_ahead_of_expiry_and_never_presents_a_token_twice() -> None:
+    rig = Rig(expires_in=30)
+    rig.run_for(300)
+    presented = rig.exchanger.presented
+    assert len(presented) == len(set(presented))
+    # 2/3 of 30 s with 5 % jitter: one exchange every 18.5-21.5 s.
+    assert 13 <= len(presented) <= 17
+    published = rig.sink.published
+    for earlier, later in zip(published, published[1:], strict=False):
+        gap = (later.issued_at - earlier.issued_at).total_seconds()
+        assert 18 <= gap <= 22
+        assert later.issued_at < earlier.expires_at
+    assert rig.store.data["refresh_token"] in rig.exchanger.valid
+
+
+def test_invalid_grant_is_final_for_that_token_until_an_operator_reseeds() -> None:
+    rig = Rig()
+    rig.exchanger.valid = set()
+    rig.run_for(100)
+    assert rig.exchanger.presented == ["rt-0000000001"]
+    assert rig.status.phase is Phase.STOPPED
+    assert rig.status.last_error == "invalid_grant"
+
+    rig2 = Rig()
+    rig2.exchanger.valid = {"rt-reseeded-01"}
+
+    def reseed_later(token: str) -> None:
+        rig2.store.operator_write("rt-reseeded-01")
+
+    rig2.exchanger.script = [reseed_later]
+    rig2.run_for(100)
+    assert rig2.exchanger.presented[:2] == ["rt-0000000001", "rt-reseeded-01"]
+    assert rig2.exchanger.presented.count("rt-0000000001") == 1
+    assert rig2.status.last_error is None
+    assert rig2.sink.published
+
+
+def test_without_a_journal_publishing_waits_for_vault() -> None:
+    rig = Rig()
+    rig.store.fail_writes = [VaultUnavailable("down"), VaultUnavailable("down")]
+    rig.run_for(10)
+    kinds = rig.events.kinds()
+    first_publish = kinds.index("publish")
+    writes = [i for i, k in enumerate(kinds) if k == "write"]
+    assert len(writes) >= 3
+    assert writes[2] < first_publish
+    assert rig.store.data["refresh_token"] == "rt-0000000002"
+
+
+def test_with_a_journal_vault_outage_does_not_stop_publishing() -> None:
+    rig = Rig(journal=True)
+    rig.store.fail_writes = [VaultUnavailable("down")] * 3
+    rig.run_for(60)
+    kinds = rig.events.kinds()
+    assert kinds.index("journal") < kinds.index("publish") < kinds.index("journal_clear")
+    assert rig.journal is not None and rig.journal.entry is None
+    assert rig.store.data["refresh_token"] in rig.exchanger.valid
+    assert len(set(rig.exchanger.presented)) == len(rig.exchanger.presented)
+
+
+def test_lost_response_is_retried_once_with_the_same_token() -> None:
+    rig = Rig()
+    rig.exchanger.script = [ResponseLost("reset")]
+    rig.run_for(1)
+    assert rig.exchanger.presented[:2] == ["rt-0000000001", "rt-0000000001"]
+    assert rig.sink.published
+
+
+def test_twice_lost_response_never_presents_that_token_again() -> None:
+    rig = Rig()
+    rig.exchanger.script = [ResponseLost("reset"), ResponseLost("reset")]
+    rig.run_for(200)
+    assert rig.exchanger.presented == ["rt-0000000001", "rt-0000000001"]
+    assert rig.status.last_error == "response_lost"
+
+
+def test_operator_write_during_rotation_is_adopted_not_overwritten() -> None:
+    rig = Rig()
+    rig.exchanger.valid.add("rt-operator-01")
+
+    def operator_writes(token: str) -> None:
+        rig.store.operator_write("rt-operator-01")
+
+    rig.exchanger.script = [operator_writes]
+    rig.run_for(25)
+    writes = [d for k, d in rig.events.log if k == "write"]
+    assert writes[0] == "rt-0000000002"  # lost the CAS race
+    assert rig.exchanger.presented[1] == "rt-operator-01"
+    assert rig.store.version >= 3
+
+
+def test_retry_after_is_honoured() -> None:
+    rig = Rig()
+    rig.exchanger.script = [TokenEndpointUnavailable("429", retry_after=120)]
+    rig.run_for(119)
+    assert rig.exchanger.presented == ["rt-0000000001"]
+    rig2 = Rig()
+    rig2.exchanger.script = [TokenEndpointUnavailable("429", retry_after=120)]
+    rig2.run_for(125)
+    assert len(rig2.exchanger.presented) == 2
+
+
+def test_transient_failures_back_off_without_a_hot_loop() -> None:
+    rig = Rig()
+    rig.exchanger.script = [TokenEndpointUnavailable("503")] * 50
+    rig.run_for(600)
+    # capped exponential backoff: far fewer than one attempt a second
+    assert 5 <= len(rig.exchanger.presented) <= 15
+    assert rig.status.last_error == "endpoint_unavailable"
+
+
+def test_stop_starts_no_exchange_but_finishes_the_write_back() -> None:
+    rig = Rig()
+    rig.store.fail_writes = [VaultUnavailable("down")] * 3
+
+    def stop_now(token: str) -> None:
+        rig.stop.set()
+
+    rig.exchanger.script = [stop_now]
+    asyncio.run(rig.refresher.run())
+    assert rig.exchanger.presented == ["rt-0000000001"]
+    assert rig.store.data["refresh_token"] == "rt-0000000002"
+    assert rig.status.writeback_pending is False
+
+
+def test_journal_entry_from_a_crash_is_written_back_before_any_exchange() -> None:
+    rig = Rig(journal=True)
+    assert rig.journal is not None
+    rig.exchanger.valid = {"rt-journalled"}
+    rig.journal.entry = JournalEntry("secret/apps/demo", 1, "rt-journalled", 0.0)
+    rig.run_for(1)
+    kinds = rig.events.kinds()
+    assert kinds[:4] == ["prepare", "read", "write", "journal_clear"]
+    assert rig.exchanger.presented[0] == "rt-journalled"
+    assert "rt-0000000001" not in rig.exchanger.presented
+
+
+def test_superseded_journal_entry_is_dropped() -> None:
+    rig = Rig(journal=True)
+    assert rig.journal is not None
+    rig.store.version = 5
+    rig.journal.entry = JournalEntry("secret/apps/demo", 3, "rt-old-journal", 0.0)
+    rig.run_for(1)
+    assert rig.exchanger.presented[0] == "rt-0000000001"
+    assert rig.journal.entry is None or rig.journal.entry.refresh_token != "rt-old-journal"
+
+
+def test_once_raises_the_failure() -> None:
+    rig = Rig()
+    rig.store.fail_reads = [SecretNotFound("secret/apps/demo: no secret")]
+    with pytest.raises(SecretNotFound):
+        asyncio.run(rig.refresher.once())
+    rig2 = Rig()
+    rig2.exchanger.valid = set()
+    with pytest.raises(InvalidGrant):
+        asyncio.run(rig2.refresher.once())
+
+
+def test_once_refreshes_one_time() -> None:
+    rig = Rig()
+    asyncio.run(rig.refresher.once())
+    assert len(rig.exchanger.presented) == 1
+    assert len(rig.sink.published) == 1
+
+
+def test_missing_client_secret_is_reported_not_exchanged() -> None:
+    rig = Rig()
+    del rig.store.data["client_secret"]
+    rig.run_for(5)
+    assert rig.exchanger.presented == []
+    assert rig.status.last_error == "secret_invalid"

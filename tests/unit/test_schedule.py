@@ -1,0 +1,78 @@
+"""The refresh schedule and backoff are pure: checked with literal inputs and with properties."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.backoff import BackoffPolicy, backoff_delay
+from sidecar.schedule import SchedulePolicy, effective_lifetime, refresh_delay
+
+POLICY = SchedulePolicy()
+
+
+def test_lifetime_clamps_and_defaults() -> None:
+    assert effective_lifetime(None, POLICY) == 300.0
+    assert effective_lifetime(math.nan, POLICY) == 300.0
+    assert effective_lifetime(0, POLICY) == 5.0
+    assert effective_lifetime(-30, POLICY) == 5.0
+    assert effective_lifetime(1e300, POLICY) == 86_400.0
+    assert effective_lifetime(3600, POLICY) == 3600.0
+
+
+def test_refresh_at_about_two_thirds_of_the_lifetime() -> None:
+    rng = random.Random(1)
+    delays = [refresh_delay(3600, POLICY, rng) for _ in range(1000)]
+    assert 0.61 * 3600 <= min(delays) < 0.64 * 3600
+    assert 0.69 * 3600 < max(delays) <= 0.72 * 3600
+
+
+def test_margin_wins_for_short_tokens_and_halves_for_tiny_ones() -> None:
+    rng = random.Random(1)
+    policy = SchedulePolicy(min_margin=60)
+    assert refresh_delay(120, policy, rng) == 60  # 2/3 would leave only 40 s
+    assert refresh_delay(4, policy, rng) == 2  # margin larger than the token: half its life
+
+
+@given(
+    expires_in=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_schedule_is_bounded_for_any_expires_in(expires_in: float | None, seed: int) -> None:
+    lifetime = effective_lifetime(expires_in, POLICY)
+    delay = refresh_delay(lifetime, POLICY, random.Random(seed))
+    assert POLICY.min_expires_in <= lifetime <= POLICY.max_expires_in
+    assert delay >= POLICY.min_interval  # never a hot loop
+    assert delay <= max(lifetime - POLICY.min_margin, lifetime / 2, POLICY.min_interval)
+
+
+def test_backoff_grows_and_caps() -> None:
+    policy = BackoffPolicy(initial=1, maximum=60)
+    rng = random.Random(3)
+    assert 0.5 <= backoff_delay(1, policy, rng) <= 1
+    assert 2 <= backoff_delay(3, policy, rng) <= 4
+    assert 30 <= backoff_delay(50, policy, rng) <= 60
+
+
+def test_retry_after_is_a_floor_with_a_cap() -> None:
+    policy = BackoffPolicy(initial=1, maximum=60, max_retry_after=600)
+    rng = random.Random(3)
+    assert backoff_delay(1, policy, rng, retry_after=120) == 120
+    assert backoff_delay(1, policy, rng, retry_after=10_000) == 600
+    assert backoff_delay(1, policy, rng, retry_after=-5) <= 1
+
+
+@given(
+    attempt=st.integers(min_value=-5, max_value=10_000),
+    retry_after=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_backoff_is_bounded_for_any_input(
+    attempt: int, retry_after: float | None, seed: int
+) -> None:
+    policy = BackoffPolicy()
+    delay = backoff_delay(attempt, policy, random.Random(seed), retry_after)
+    assert policy.initial / 2 <= delay <= max(policy.maximum, policy.max_retry_after)
