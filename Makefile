@@ -1,0 +1,48 @@
+# One dev loop: these targets are exactly what CI runs (.ci/run calls `make test`).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+IDP    := tests/support/idp
+
+.PHONY: help demo test unit integration lint fmt clean
+
+help:
+	@echo "make demo   run the sidecar against a local OpenBao and authorization server"
+	@echo "make test   lint, type-check and run every test (what CI runs)"
+	@echo "make unit   fast unit tests only"
+	@echo "make lint   ruff, mypy --strict and the import layering contract"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(IDP)/node_modules/.installed: $(IDP)/package-lock.json $(VENV)/.installed
+	$(PY) -m tests.support.idp install
+	touch $@
+
+demo: $(VENV)/.installed $(IDP)/node_modules/.installed
+	$(PY) scripts/demo.py
+
+test: lint $(IDP)/node_modules/.installed
+	$(PY) -m pytest
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit
+
+integration: $(VENV)/.installed $(IDP)/node_modules/.installed
+	$(PY) -m pytest -m integration
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check sidecar tests scripts
+	$(VENV)/bin/ruff format --check sidecar tests scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+fmt: $(VENV)/.installed
+	$(VENV)/bin/ruff format sidecar tests scripts
+	$(VENV)/bin/ruff check --fix sidecar tests scripts
+
+clean:
+	rm -rf $(VENV) $(IDP)/node_modules .pytest_cache .mypy_cache .ruff_cache .demo
