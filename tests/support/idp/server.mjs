@@ -1,0 +1,546 @@
+// Test-only OAuth 2.0 authorization server: node oidc-provider 9.x with refresh-token rotation
+// on every use, for token-sidecar's integration tests and local demo. NOT for production:
+// storage is in memory, client secrets are test values, and the /_test/ control API below is
+// unauthenticated. It only ever listens on 127.0.0.1.
+//
+// Usage: node server.mjs [--port 0] [--access-token-ttl 60] [--refresh-token-ttl 86400]
+// Client secrets and client-jwt's public JWKS come from the environment (IDP_CLIENT_SECRETS,
+// a JSON object client_id -> secret; IDP_CLIENT_JWKS, a JSON JWK Set); the defaults below let
+// the server run on its own. Once listening it prints exactly one line on stdout:
+// {"ready": true, "port": N, "issuer": "http://127.0.0.1:N"}. Nothing secret is ever printed.
+//
+// Control API (test-only, same port, JSON in and out):
+//   POST /_test/seed     {client_id, scope?, account_id?} -> {refresh_token, grant_id}
+//   GET  /_test/stats    counters since the last reset (see newStats)
+//   POST /_test/faults   one fault spec or a list, replacing the queue (see parseFault)
+//   POST /_test/reset    clear faults and counters, restore start-up TTLs (grants survive)
+//   POST /_test/revoke   {grant_id}: revoke a grant as an administrator would
+//   POST /_test/settings {access_token_ttl?, refresh_token_ttl?}: change TTLs of new tokens
+
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import http from 'node:http';
+import { parseArgs } from 'node:util';
+
+import Provider from 'oidc-provider';
+
+const HOST = '127.0.0.1';
+const TOKEN_PATH = '/token';
+const SCOPES = ['openid', 'offline_access', 'api:read'];
+const GRANT_TTL = 30 * 24 * 3600; // outlives any refresh token, so expiry tests see the token's own
+
+const { values: args } = parseArgs({
+  options: {
+    port: { type: 'string', default: '0' },
+    'access-token-ttl': { type: 'string', default: '60' },
+    'refresh-token-ttl': { type: 'string', default: String(24 * 3600) },
+  },
+});
+
+/** A client mistake in a control request or option; answered with 400. */
+class BadRequest extends Error {}
+
+function positiveInt(value, name) {
+  const number = Number(value);
+  if (!Number.isInteger(number) || number <= 0) {
+    throw new BadRequest(`${name} must be a positive integer`);
+  }
+  return number;
+}
+
+const startSettings = Object.freeze({
+  accessTokenTtl: positiveInt(args['access-token-ttl'], '--access-token-ttl'),
+  refreshTokenTtl: positiveInt(args['refresh-token-ttl'], '--refresh-token-ttl'),
+});
+let settings = { ...startSettings };
+
+// ---------------------------------------------------------------------------------------------
+// Storage: oidc-provider's own memory adapter is a 1000-entry LRU, which silently loses grants
+// in long runs. This one keeps everything until destroyed; the models check expiry themselves.
+
+const records = new Map(); // `${model}:${id}` -> payload
+const grantMembers = new Map(); // grantId -> Set of record keys
+const secondaryIds = new Map(); // `${model}:uid:${uid}` or `${model}:userCode:${code}` -> id
+const consumedRefreshTokens = new Map(); // jti -> grantId; kept across resets to detect reuse
+
+class MapAdapter {
+  constructor(model) {
+    this.model = model;
+  }
+
+  key(id) {
+    return `${this.model}:${id}`;
+  }
+
+  async upsert(id, payload) {
+    const key = this.key(id);
+    records.set(key, structuredClone(payload));
+    if (payload.grantId) {
+      if (!grantMembers.has(payload.grantId)) grantMembers.set(payload.grantId, new Set());
+      grantMembers.get(payload.grantId).add(key);
+    }
+    if (payload.uid) secondaryIds.set(`${this.model}:uid:${payload.uid}`, id);
+    if (payload.userCode) secondaryIds.set(`${this.model}:userCode:${payload.userCode}`, id);
+  }
+
+  async find(id) {
+    const payload = records.get(this.key(id));
+    return payload === undefined ? undefined : structuredClone(payload);
+  }
+
+  async findByUid(uid) {
+    const id = secondaryIds.get(`${this.model}:uid:${uid}`);
+    return id === undefined ? undefined : this.find(id);
+  }
+
+  async findByUserCode(userCode) {
+    const id = secondaryIds.get(`${this.model}:userCode:${userCode}`);
+    return id === undefined ? undefined : this.find(id);
+  }
+
+  async consume(id) {
+    const payload = records.get(this.key(id));
+    if (!payload) return;
+    if (payload.consumed && this.model === 'RefreshToken') {
+      // Two requests raced past the provider's own "already used" check with one token.
+      recordReuse(payload.grantId);
+    }
+    payload.consumed = Math.floor(Date.now() / 1000);
+  }
+
+  async destroy(id) {
+    records.delete(this.key(id));
+  }
+
+  async revokeByGrantId(grantId) {
+    const members = grantMembers.get(grantId);
+    if (!members) return;
+    const prefix = `${this.model}:`;
+    for (const key of members) {
+      if (key.startsWith(prefix)) {
+        records.delete(key);
+        members.delete(key);
+      }
+    }
+    if (members.size === 0) grantMembers.delete(grantId);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counters for /_test/stats.
+
+function newStats() {
+  return {
+    token_requests: 0, // every POST to the token endpoint, faulted or not
+    refresh_succeeded: 0,
+    refresh_invalid_grant: 0,
+    refresh_errors: {}, // other OAuth error codes on refresh requests -> count
+    refresh_token_reuse: 0, // presentations of an already consumed refresh token
+    reuse_by_grant: {}, // grant_id -> presentations of its consumed tokens
+    grants_revoked: 0,
+    revoked_grants: [],
+    grants_seeded: 0,
+    faults_applied: 0,
+  };
+}
+
+let stats = newStats();
+
+function recordReuse(grantId) {
+  stats.refresh_token_reuse += 1;
+  const key = grantId ?? 'unknown';
+  stats.reuse_by_grant[key] = (stats.reuse_by_grant[key] ?? 0) + 1;
+}
+
+function refreshParams(ctx) {
+  const params = ctx.oidc?.params;
+  return params?.grant_type === 'refresh_token' ? params : undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults, applied to POST /token only, in queue order; each applies to `count` requests
+// (-1: until reset). Modes:
+//   status / raw       answer {status, body, content_type, retry_after?, headers?} without
+//                      asking the provider (status defaults to 503 and a JSON
+//                      temporarily_unavailable body; raw defaults to 200 and requires body)
+//   hang               hold the request {seconds}; then `then: "forward"` (default) passes it to
+//                      the provider if the client is still connected (a slow server; a client
+//                      that gave up never reaches the provider), `then: "close"` drops the
+//                      connection without an answer
+//   drop_after_commit  let the provider process the request for real (a refresh rotates and is
+//                      committed), then destroy the socket instead of answering
+
+let faults = [];
+
+function parseFault(spec) {
+  if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) {
+    throw new BadRequest('a fault must be a JSON object');
+  }
+  const { mode } = spec;
+  const count = spec.count ?? 1;
+  if (!(Number.isInteger(count) && (count >= 1 || count === -1))) {
+    throw new BadRequest('count must be a positive integer or -1 (until reset)');
+  }
+  const fault = { mode, count };
+  switch (mode) {
+    case 'status':
+    case 'raw': {
+      fault.status = spec.status ?? (mode === 'raw' ? 200 : 503);
+      if (!Number.isInteger(fault.status) || fault.status < 200 || fault.status > 599) {
+        throw new BadRequest('status must be an integer from 200 to 599');
+      }
+      if (mode === 'raw' && typeof spec.body !== 'string') {
+        throw new BadRequest('raw mode requires a string body');
+      }
+      fault.body = spec.body ?? JSON.stringify({
+        error: 'temporarily_unavailable',
+        error_description: 'injected fault',
+      });
+      if (typeof fault.body !== 'string') throw new BadRequest('body must be a string');
+      fault.contentType = spec.content_type ?? 'application/json';
+      fault.headers = { ...spec.headers };
+      if (spec.retry_after !== undefined && spec.retry_after !== null) {
+        fault.headers['Retry-After'] = String(spec.retry_after);
+      }
+      break;
+    }
+    case 'hang':
+      fault.seconds = spec.seconds ?? 5;
+      if (typeof fault.seconds !== 'number' || fault.seconds < 0) {
+        throw new BadRequest('seconds must be a non-negative number');
+      }
+      fault.then = spec.then ?? 'forward';
+      if (!['forward', 'close'].includes(fault.then)) {
+        throw new BadRequest('then must be "forward" or "close"');
+      }
+      break;
+    case 'drop_after_commit':
+      break;
+    default:
+      throw new BadRequest('mode must be one of status, raw, hang, drop_after_commit');
+  }
+  return fault;
+}
+
+function takeFault() {
+  const fault = faults[0];
+  if (!fault) return undefined;
+  if (fault.count !== -1) {
+    fault.count -= 1;
+    if (fault.count === 0) faults.shift();
+  }
+  return fault;
+}
+
+async function drain(req) {
+  for await (const _chunk of req) {
+    // discard: answering before the body is read can reset the connection
+  }
+}
+
+/** Resolve true if the client hung up before `seconds` passed, false otherwise. */
+function holdOrHangUp(socket, seconds) {
+  return new Promise((resolve) => {
+    if (socket.destroyed) {
+      resolve(true);
+      return;
+    }
+    const onClose = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    const timer = setTimeout(() => {
+      socket.off('close', onClose);
+      resolve(false);
+    }, seconds * 1000);
+    socket.once('close', onClose);
+  });
+}
+
+function dropConnection(ctx) {
+  ctx.respond = false;
+  ctx.req.socket.destroy();
+}
+
+async function handleTokenRequest(ctx, next) {
+  stats.token_requests += 1;
+  const fault = takeFault();
+  if (!fault) return next();
+  stats.faults_applied += 1;
+
+  switch (fault.mode) {
+    case 'status':
+    case 'raw':
+      await drain(ctx.req);
+      ctx.status = fault.status;
+      ctx.body = fault.body;
+      ctx.type = fault.contentType;
+      ctx.set({ 'Cache-Control': 'no-store', ...fault.headers });
+      return undefined;
+    case 'hang': {
+      const hungUp = await holdOrHangUp(ctx.req.socket, fault.seconds);
+      if (hungUp || fault.then === 'close') {
+        dropConnection(ctx);
+        return undefined;
+      }
+      return next();
+    }
+    case 'drop_after_commit':
+      await next();
+      dropConnection(ctx);
+      return undefined;
+    default:
+      throw new Error('unreachable');
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control API handlers.
+
+async function readJson(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 64 * 1024) throw new BadRequest('body too large');
+    chunks.push(chunk);
+  }
+  if (size === 0) return {};
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    throw new BadRequest('body is not JSON');
+  }
+}
+
+function requireString(body, name) {
+  const value = body[name];
+  if (typeof value !== 'string' || value === '') throw new BadRequest(`${name} is required`);
+  return value;
+}
+
+async function seed(provider, body) {
+  const clientId = requireString(body, 'client_id');
+  const scope = body.scope ?? 'openid offline_access';
+  const accountId = body.account_id ?? 'test-user';
+  const client = await provider.Client.find(clientId);
+  if (!client) throw new BadRequest(`unknown client_id ${clientId}`);
+  const unknown = String(scope).split(' ').filter((s) => !SCOPES.includes(s));
+  if (unknown.length) throw new BadRequest(`unknown scope ${unknown.join(' ')}`);
+
+  // What a completed authorization_code flow with offline_access would have stored.
+  const grant = new provider.Grant({ accountId, clientId });
+  grant.addOIDCScope(scope);
+  const grantId = await grant.save();
+  const now = Math.floor(Date.now() / 1000);
+  const refreshToken = new provider.RefreshToken({
+    accountId,
+    authTime: now,
+    client,
+    expiresWithSession: false, // not tied to a browser session, like a service's offline grant
+    grantId,
+    gty: 'authorization_code',
+    rotations: 0,
+    scope,
+    sessionUid: randomUUID(),
+  });
+  const value = await refreshToken.save();
+  stats.grants_seeded += 1;
+  return { refresh_token: value, grant_id: grantId };
+}
+
+async function revokeGrant(provider, body) {
+  const grantId = requireString(body, 'grant_id');
+  const grant = await provider.Grant.find(grantId, { ignoreExpiration: true });
+  const { AccessToken, AuthorizationCode, RefreshToken } = provider;
+  await Promise.all([AccessToken, AuthorizationCode, RefreshToken]
+    .map((model) => model.revokeByGrantId(grantId)));
+  await provider.Grant.adapter.destroy(grantId);
+  if (grant) {
+    stats.grants_revoked += 1;
+    stats.revoked_grants.push(grantId);
+  }
+  return { revoked: Boolean(grant) };
+}
+
+function changeSettings(body) {
+  if (body.access_token_ttl !== undefined) {
+    settings.accessTokenTtl = positiveInt(body.access_token_ttl, 'access_token_ttl');
+  }
+  if (body.refresh_token_ttl !== undefined) {
+    settings.refreshTokenTtl = positiveInt(body.refresh_token_ttl, 'refresh_token_ttl');
+  }
+  return { access_token_ttl: settings.accessTokenTtl, refresh_token_ttl: settings.refreshTokenTtl };
+}
+
+async function handleControl(provider, ctx) {
+  const route = `${ctx.method} ${ctx.path}`;
+  ctx.set('Cache-Control', 'no-store');
+  try {
+    switch (route) {
+      case 'GET /_test/stats':
+        ctx.body = { ...stats, faults_pending: faults.map((f) => ({ mode: f.mode, count: f.count })) };
+        return;
+      case 'POST /_test/seed':
+        ctx.body = await seed(provider, await readJson(ctx.req));
+        return;
+      case 'POST /_test/faults': {
+        const body = await readJson(ctx.req);
+        faults = (Array.isArray(body) ? body : [body]).map(parseFault);
+        ctx.body = { faults: faults.length };
+        return;
+      }
+      case 'POST /_test/reset':
+        await drain(ctx.req);
+        faults = [];
+        stats = newStats();
+        settings = { ...startSettings };
+        ctx.body = { reset: true };
+        return;
+      case 'POST /_test/revoke':
+        ctx.body = await revokeGrant(provider, await readJson(ctx.req));
+        return;
+      case 'POST /_test/settings':
+        ctx.body = changeSettings(await readJson(ctx.req));
+        return;
+      default:
+        ctx.status = 404;
+        ctx.body = { error: `no control route ${route}` };
+    }
+  } catch (err) {
+    if (!(err instanceof BadRequest)) throw err;
+    ctx.status = 400;
+    ctx.body = { error: err.message };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The provider.
+
+function clientsFromEnv(redirectUri) {
+  const secrets = {
+    'client-basic': 'client-basic-test-secret',
+    'client-post': 'client-post-test-secret',
+    ...JSON.parse(process.env.IDP_CLIENT_SECRETS ?? '{}'),
+  };
+  const common = {
+    grant_types: ['authorization_code', 'refresh_token'],
+    redirect_uris: [redirectUri],
+    response_types: ['code'],
+    scope: SCOPES.join(' '),
+  };
+  const clients = [
+    {
+      ...common,
+      client_id: 'client-basic',
+      client_secret: secrets['client-basic'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
+      ...common,
+      client_id: 'client-post',
+      client_secret: secrets['client-post'],
+      token_endpoint_auth_method: 'client_secret_post',
+    },
+    { ...common, client_id: 'client-public', token_endpoint_auth_method: 'none' },
+  ];
+  if (process.env.IDP_CLIENT_JWKS) {
+    clients.push({
+      ...common,
+      client_id: 'client-jwt',
+      token_endpoint_auth_method: 'private_key_jwt',
+      jwks: JSON.parse(process.env.IDP_CLIENT_JWKS),
+    });
+  } else {
+    process.stderr.write('IDP_CLIENT_JWKS not set: client-jwt is not registered\n');
+  }
+  return clients;
+}
+
+function signingKeys() {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { keys: [{ ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg: 'RS256', use: 'sig' }] };
+}
+
+function createProvider(issuer) {
+  const provider = new Provider(issuer, {
+    adapter: MapAdapter,
+    clients: clientsFromEnv(`${issuer}/callback`),
+    jwks: signingKeys(),
+    scopes: SCOPES,
+    routes: { token: TOKEN_PATH },
+    features: { devInteractions: { enabled: false } },
+    findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
+    issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    rotateRefreshToken: true,
+    ttl: {
+      AccessToken: () => settings.accessTokenTtl,
+      RefreshToken: () => settings.refreshTokenTtl,
+      Grant: GRANT_TTL,
+      IdToken: 3600,
+      AuthorizationCode: 60,
+      Interaction: 3600,
+      Session: 14 * 24 * 3600,
+      ClientCredentials: 600,
+      DeviceCode: 600,
+      BackchannelAuthenticationRequest: 600,
+      PreAuthorizedCode: 600,
+    },
+  });
+
+  provider.on('grant.success', (ctx) => {
+    if (refreshParams(ctx)) stats.refresh_succeeded += 1;
+  });
+  provider.on('grant.error', (ctx, err) => {
+    const params = refreshParams(ctx);
+    if (!params) return;
+    if (err.error === 'invalid_grant') {
+      stats.refresh_invalid_grant += 1;
+    } else {
+      stats.refresh_errors[err.error] = (stats.refresh_errors[err.error] ?? 0) + 1;
+    }
+    const presented = params.refresh_token;
+    const consumedHere = ctx.oidc.entities?.RotatedRefreshToken?.jti === presented;
+    if (consumedRefreshTokens.has(presented) && !consumedHere) {
+      recordReuse(consumedRefreshTokens.get(presented));
+    }
+  });
+  provider.on('refresh_token.consumed', (token) => {
+    consumedRefreshTokens.set(token.jti, token.grantId);
+  });
+  provider.on('grant.revoked', (ctx, grantId) => {
+    stats.grants_revoked += 1;
+    stats.revoked_grants.push(grantId);
+  });
+  provider.on('server_error', (ctx, err) => {
+    process.stderr.write(`server_error on ${ctx.method} ${ctx.path}: ${err.message}\n`);
+  });
+
+  provider.use(async (ctx, next) => {
+    if (ctx.path.startsWith('/_test/')) return handleControl(provider, ctx);
+    if (ctx.method === 'POST' && ctx.path === TOKEN_PATH) return handleTokenRequest(ctx, next);
+    return next();
+  });
+  return provider;
+}
+
+// The issuer names the port, so listen first (port 0 lets the OS pick a free one), then build
+// the provider and hand it the requests.
+const server = http.createServer();
+server.on('error', (err) => {
+  process.stderr.write(`cannot listen on ${HOST}:${args.port}: ${err.message}\n`);
+  process.exit(1);
+});
+server.listen(Number(args.port), HOST, () => {
+  const { port } = server.address();
+  const issuer = `http://${HOST}:${port}`;
+  server.on('request', createProvider(issuer).callback());
+  process.stdout.write(`${JSON.stringify({ ready: true, port, issuer })}\n`);
+});
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    server.close();
+    server.closeAllConnections();
+    process.exit(0);
+  });
+}
