@@ -1,0 +1,351 @@
+"""The token endpoint over HTTP: the httpx adapter behind :class:`sidecar.ports.TokenExchanger`.
+
+It moves bytes and translates failures; the protocol itself (request shape, response
+classification, discovery validation) lives in the pure :mod:`sidecar.oauth`.
+
+- One :func:`make_http_client` is shared by every credential: TLS verification always on,
+  redirects never followed, HTTP/1.1, bounded timeouts, ``User-Agent: token-sidecar/<version>``.
+- Each request has an overall deadline equal to the client's timeout, on top of httpx's
+  per-phase timeouts, and its body is read with a size bound.
+- ``refresh`` posts exactly once; the refresher decides about retries. Failures become project
+  errors: nothing sent (connection refused, connect or pool timeout, TLS) is
+  :class:`TokenEndpointUnavailable`; a request that may have reached the server without its
+  answer reaching us (read/write errors and timeouts, the server hanging up) is
+  :class:`ResponseLost`, because the server may have rotated the refresh token.
+- TLS failures stay retryable: a wrong certificate does not fix itself, but a rotated server
+  certificate or a corrected CA bundle does, and backing off costs nothing meanwhile.
+- With ``issuer`` configured, the metadata document is fetched on first use (RFC 8414
+  location first, then OpenID Connect's) and cached for the life of the process; a redirect or
+  404 from the token endpoint drops the cache so a moved endpoint is looked up again.
+
+Log events: ``token.exchange`` and ``token.discovery`` at debug, with status, duration and
+sizes; never a body, a header value or a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+
+from sidecar import __version__
+from sidecar.client_assertion import make_client_assertion
+from sidecar.config import CredentialConfig
+from sidecar.errors import (
+    ClientRejected,
+    ConfigError,
+    MalformedResponse,
+    ResponseLost,
+    SidecarError,
+    TokenEndpointUnavailable,
+)
+from sidecar.model import ClientCredentials, TokenGrant
+from sidecar.oauth import (
+    DiscoveryInfo,
+    build_refresh_request,
+    discovery_urls,
+    parse_discovery,
+    parse_error_body,
+    parse_retry_after,
+    parse_token_response,
+)
+
+__all__ = ["USER_AGENT", "TokenEndpoint", "make_http_client"]
+
+log = structlog.get_logger("sidecar.exchange")
+
+USER_AGENT = f"token-sidecar/{__version__}"
+
+
+def make_http_client(ca_cert: Path | None, timeout: float) -> httpx.AsyncClient:
+    """The HTTP client for every token endpoint and discovery document.
+
+    ``ca_cert`` replaces the system trust store (``SSL_CERT_FILE``/``SSL_CERT_DIR`` apply
+    otherwise). Proxies come from the usual environment variables. Raises ConfigError naming
+    ``http.ca_cert`` when the bundle cannot be loaded.
+    """
+    try:
+        context = ssl.create_default_context(cafile=str(ca_cert) if ca_cert else None)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise ConfigError(
+            [f"http.ca_cert: cannot load a CA bundle from {ca_cert} ({reason})"]
+        ) from exc
+    return httpx.AsyncClient(
+        verify=context,
+        follow_redirects=False,
+        timeout=httpx.Timeout(timeout),
+        http1=True,
+        http2=False,
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def _endpoint_name(url: str) -> str:
+    """``host[:port]`` for messages: never the path, query or user info."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """The TLS failure somewhere in ``exc``'s chain, described, or ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return f"TLS verification failed: {current.verify_message or 'certificate rejected'}"
+        if isinstance(current, ssl.SSLError):
+            return f"TLS handshake failed: {current.reason or 'unknown reason'}"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _translate(exc: Exception, *, url: str, what: str, exchange: bool) -> SidecarError:
+    """A project error for a transport failure; ``exchange`` marks a token-spending request."""
+    where = f"{what} {_endpoint_name(url)}"
+    kind = exc.__class__.__name__
+    if isinstance(exc, httpx.ConnectError):
+        tls = _tls_problem(exc)
+        detail = (
+            f"{tls}; retrying with backoff, since a renewed server certificate or a corrected "
+            "http.ca_cert fixes this without a restart"
+            if tls is not None
+            else f"cannot connect ({str(exc) or kind})"
+        )
+        return TokenEndpointUnavailable(f"{where}: {detail}")
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.ProxyError):
+        return TokenEndpointUnavailable(f"{where}: {kind}, the request was not sent")
+    if isinstance(exc, httpx.DecodingError):
+        return MalformedResponse(f"{where}: the response body could not be decoded")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.InvalidURL):
+        return ClientRejected(
+            f"{where}: the request cannot be made ({kind})", oauth_error="unusable_request"
+        )
+    if exchange:
+        return ResponseLost(
+            f"{where}: {kind} after the request may have reached the server; "
+            "it may have rotated the refresh token"
+        )
+    return TokenEndpointUnavailable(f"{where}: {kind}")
+
+
+class TokenEndpoint:
+    """One credential's token endpoint (and discovery document); implements TokenExchanger."""
+
+    def __init__(
+        self,
+        credential: CredentialConfig,
+        http: httpx.AsyncClient,
+        *,
+        max_response_bytes: int = 1_048_576,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._credential = credential
+        self._http = http
+        self._max_bytes = max_response_bytes
+        self._time = wall_clock
+        phases = (http.timeout.connect, http.timeout.read, http.timeout.write, http.timeout.pool)
+        self._request_timeout = max((t for t in phases if t is not None), default=None)
+        self._discovery: DiscoveryInfo | None = None
+        self._discovery_lock = asyncio.Lock()
+        self._log = log.bind(credential=credential.name)
+
+    # -- TokenExchanger ---------------------------------------------------------------
+
+    async def refresh(self, refresh_token: str, client: ClientCredentials) -> TokenGrant:
+        url = await self.token_endpoint()
+        assertion = None
+        if client.method == "private_key_jwt":
+            if not client.private_key:
+                raise ClientRejected(
+                    "client_auth private_key_jwt needs a private key: set private_key_file "
+                    "or the secret's private_key field",
+                    oauth_error="invalid_client",
+                )
+            assertion = make_client_assertion(
+                client.client_id,
+                url,
+                client.private_key,
+                alg=client.signing_alg,
+                key_id=client.key_id,
+                now=self._time(),
+                jti=secrets.token_urlsafe(24),
+            )
+        request = build_refresh_request(
+            refresh_token,
+            client,
+            scope=self._credential.scope,
+            resource=self._credential.resource,
+            audience=self._credential.audience,
+            client_assertion=assertion,
+        )
+        started = time.monotonic()
+        try:
+            answer = await self._request(
+                "POST", url, headers=request.headers, content=request.body(), exchange=True
+            )
+        except SidecarError as exc:
+            self._log.debug(
+                "token.exchange",
+                error=exc.kind,
+                duration_seconds=round(time.monotonic() - started, 4),
+            )
+            raise
+        fields: dict[str, object] = {}
+        if not 200 <= answer.status < 300:
+            oauth = parse_error_body(answer.body)
+            fields = {
+                "oauth_error": oauth.error,
+                "error_description_length": oauth.description_length,
+            }
+        self._log.debug(
+            "token.exchange",
+            status=answer.status,
+            duration_seconds=round(time.monotonic() - started, 4),
+            response_bytes=len(answer.body),
+            **fields,
+        )
+        try:
+            return parse_token_response(
+                answer.status, answer.headers, answer.body, now=self._time()
+            )
+        except ClientRejected:
+            if self._credential.issuer and (300 <= answer.status < 400 or answer.status == 404):
+                self._discovery = None  # the endpoint may have moved: look it up again next time
+            raise
+
+    async def probe(self) -> None:
+        """Reach the discovery document (validated) and the token endpoint; exchange nothing.
+
+        Any HTTP answer from the token endpoint (405 and 400 included) proves it reachable;
+        connection and TLS failures raise TokenEndpointUnavailable.
+        """
+        if self._credential.issuer:
+            url = (await self._discover(self._credential.issuer, fresh=True)).token_endpoint
+        else:
+            url = self.configured_endpoint
+        answer = await self._request("GET", url, exchange=False, read_body=False)
+        self._log.debug("token.probe", status=answer.status)
+
+    # -- endpoint and discovery -------------------------------------------------------
+
+    @property
+    def configured_endpoint(self) -> str:
+        if self._credential.token_endpoint is None:
+            raise ValueError("no token_endpoint configured (issuer is used instead)")
+        return self._credential.token_endpoint
+
+    async def token_endpoint(self) -> str:
+        """The token endpoint URL: configured, or from the (cached) discovery document."""
+        if self._credential.issuer is None:
+            return self.configured_endpoint
+        return (await self._discover(self._credential.issuer)).token_endpoint
+
+    async def _discover(self, issuer: str, *, fresh: bool = False) -> DiscoveryInfo:
+        async with self._discovery_lock:
+            if self._discovery is None or fresh:
+                self._discovery = await self._fetch_discovery(issuer)
+                supported = self._discovery.token_endpoint_auth_methods_supported
+                method = self._credential.client_auth
+                if supported is not None and method not in supported:
+                    self._log.warning("token.auth_method_not_advertised", client_auth=method)
+            return self._discovery
+
+    async def _fetch_discovery(self, issuer: str) -> DiscoveryInfo:
+        tried: list[str] = []
+        rejected: ClientRejected | None = None
+        for url in discovery_urls(issuer):
+            path = urlsplit(url).path
+            started = time.monotonic()
+            answer = await self._request("GET", url, exchange=False, what="discovery document")
+            self._log.debug(
+                "token.discovery",
+                path=path,
+                status=answer.status,
+                duration_seconds=round(time.monotonic() - started, 4),
+            )
+            if answer.status in (408, 429) or 500 <= answer.status < 600:
+                raise TokenEndpointUnavailable(
+                    f"issuer: discovery document {path} unavailable (HTTP {answer.status})",
+                    retry_after=parse_retry_after(answer.headers.get("Retry-After"), self._time()),
+                )
+            if not 200 <= answer.status < 300:
+                tried.append(f"{path} (HTTP {answer.status})")
+                continue
+            try:
+                return parse_discovery(
+                    answer.body, issuer, allow_http=self._credential.allow_insecure_http
+                )
+            except ClientRejected as exc:
+                rejected = rejected or exc
+                tried.append(f"{path} ({exc.oauth_error})")
+            except MalformedResponse:
+                tried.append(f"{path} (not a metadata document)")
+        if rejected is not None:
+            raise rejected
+        raise ClientRejected(
+            f"issuer: no usable discovery document at {' or '.join(tried)}",
+            oauth_error="discovery_failed",
+        )
+
+    # -- transport --------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        exchange: bool,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        what: str = "token endpoint",
+        read_body: bool = True,
+    ) -> _Answer:
+        request_headers = {"Accept": "application/json", **(headers or {})}
+        try:
+            async with (
+                asyncio.timeout(self._request_timeout),
+                self._http.stream(
+                    method, url, headers=request_headers, content=content, follow_redirects=False
+                ) as response,
+            ):
+                body = await self._read(response, what) if read_body else b""
+                return _Answer(response.status_code, response.headers, body)
+        except TimeoutError as exc:  # the overall deadline, not one of httpx's phase timeouts
+            raise _translate(exc, url=url, what=what, exchange=exchange) from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _translate(exc, url=url, what=what, exchange=exchange) from exc
+
+    async def _read(self, response: httpx.Response, what: str) -> bytes:
+        limit = self._max_bytes
+        declared = response.headers.get("Content-Length", "")
+        oversized = declared.isdigit() and int(declared) > limit
+        body = bytearray()
+        if not oversized:
+            async for chunk in response.aiter_bytes():  # decoded: a compressed bomb counts too
+                body += chunk
+                if len(body) > limit:
+                    oversized = True
+                    break
+        if oversized:
+            raise MalformedResponse(f"{what}: response larger than {limit} bytes")
+        return bytes(body)

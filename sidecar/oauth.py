@@ -1,0 +1,475 @@
+"""The token endpoint protocol without I/O: build the refresh request, classify the answer.
+
+Everything here is a pure function of its arguments, tested with literal payloads; the httpx
+adapter (:mod:`sidecar.adapters.exchange`) only moves bytes.
+
+Request (RFC 6749 §6): ``grant_type=refresh_token`` with optional ``scope``, repeated
+``resource`` (RFC 8707) and ``audience``, plus client authentication:
+
+- ``client_secret_basic``: ``Authorization: Basic`` over the form-urlencoded client_id and
+  secret (RFC 6749 §2.3.1);
+- ``client_secret_post``: ``client_id`` and ``client_secret`` in the body;
+- ``private_key_jwt``: ``client_id``, ``client_assertion_type`` and ``client_assertion``
+  (RFC 7523 §2.2);
+- ``none``: ``client_id`` in the body.
+
+A secret method without a ``client_secret`` (or ``private_key_jwt`` without an assertion)
+raises :class:`ClientRejected` with ``oauth_error="invalid_client"``: the client credentials
+come from Vault at run time, so an operator fixes them there, as with a secret the server
+refused.
+
+Answers:
+
+- 2xx: an RFC 6749 §5.1 JSON object, else :class:`MalformedResponse` naming the field. If that
+  malformed body still carries a valid new ``refresh_token``, the server has probably rotated;
+  the raised error keeps it and :func:`refresh_token_from_error` hands it to the caller so it
+  can be persisted (R2). :func:`salvage_refresh_token` does the same from a raw body.
+  Field rules: ``access_token`` and ``refresh_token`` are 1*VSCHAR (RFC 6749 Appendix A);
+  ``token_type`` is any non-empty string, with ``bearer``/``dpop`` normalised in case;
+  ``expires_in`` is a JSON number or numeric string, zero and negatives kept as given (the
+  schedule clamps), booleans, NaN and infinities refused; ``null`` means absent; ``scope``
+  is a string (a JSON array of strings is joined); an unusable ``refresh_expires_in`` is
+  ignored; unknown fields are ignored; the Content-Type is not checked.
+- 3xx: :class:`ClientRejected` (``http_3xx``); redirects are never followed, configure the
+  final URL.
+- 408, 429, 5xx: :class:`TokenEndpointUnavailable` with ``Retry-After``, whatever the body
+  says (a 5xx is never taken as a verdict on the refresh token).
+- other 4xx: by the RFC 6749 §5.2 ``error`` code: ``invalid_grant`` → :class:`InvalidGrant`;
+  ``temporarily_unavailable``, ``server_error``, ``slow_down`` → :class:`TokenEndpointUnavailable`;
+  ``invalid_request``, ``invalid_client`` and the other known codes → :class:`ClientRejected`
+  (final: the same request will be refused again); no recognisable code →
+  :class:`ClientRejected` with ``oauth_error="http_<status>"``.
+
+Messages carry the HTTP status and the ``error`` code only when it is one of the known codes
+below. ``error_description`` is never included: servers put arbitrary text there, sometimes
+the token they refused. :func:`parse_error_body` reports only its length, for debug logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
+
+from sidecar.config import check_url
+from sidecar.errors import (
+    ClientRejected,
+    InvalidGrant,
+    MalformedResponse,
+    TokenEndpointUnavailable,
+)
+from sidecar.model import ClientCredentials, TokenGrant
+
+__all__ = [
+    "ASSERTION_TYPE",
+    "DiscoveryInfo",
+    "OAuthErrorBody",
+    "TokenRequest",
+    "build_refresh_request",
+    "discovery_urls",
+    "parse_discovery",
+    "parse_error_body",
+    "parse_retry_after",
+    "parse_token_response",
+    "refresh_token_from_error",
+    "salvage_refresh_token",
+]
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+#: RFC 6749 §5.2, RFC 8707 §2, RFC 9449 §5 and RFC 8628 §3.5 codes. Only these are echoed in
+#: messages and ``oauth_error``; anything else a server sends might be free text.
+RETRYABLE_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+CLIENT_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_target",
+        "access_denied",
+        "invalid_dpop_proof",
+        "use_dpop_nonce",
+        "invalid_authorization_details",
+    }
+)
+KNOWN_ERRORS = RETRYABLE_ERRORS | CLIENT_ERRORS | {"invalid_grant"}
+
+# RFC 6749 Appendix A: access-token and refresh-token are 1*VSCHAR. Rejecting anything else
+# also keeps control characters out of the token file and the app's Authorization header.
+_VSCHAR = re.compile(r"[\x20-\x7e]+")
+_NUMBER = re.compile(r"\s*-?[0-9]+(?:\.[0-9]+)?\s*")
+_DELTA_SECONDS = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+_TOKEN_TYPES = {"bearer": "Bearer", "dpop": "DPoP"}
+_SALVAGE_ATTRIBUTE = "_salvaged_refresh_token"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class TokenRequest:
+    """A token endpoint POST: headers and ordered form fields (``resource`` may repeat).
+
+    ``repr`` lists header and field names only; the values include the refresh token and
+    possibly the client secret or assertion.
+    """
+
+    headers: Mapping[str, str]
+    form: tuple[tuple[str, str], ...]
+
+    def body(self) -> bytes:
+        """The ``application/x-www-form-urlencoded`` body."""
+        return urlencode(self.form).encode("ascii")
+
+    def __repr__(self) -> str:
+        names = [name for name, _ in self.form]
+        return f"TokenRequest(headers={sorted(self.headers)!r}, form={names!r})"
+
+
+def _basic_credentials(client_id: str, secret: str) -> str:
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret)}"
+    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+
+
+def build_refresh_request(
+    refresh_token: str,
+    client: ClientCredentials,
+    *,
+    scope: str | None = None,
+    resource: list[str] | tuple[str, ...] = (),
+    audience: str | None = None,
+    client_assertion: str | None = None,
+) -> TokenRequest:
+    """The RFC 6749 §6 refresh request for ``client``'s authentication method.
+
+    Raises ClientRejected (``invalid_client``) when the method needs a secret or an assertion
+    that is missing; ValueError when an assertion is given to a method that does not use one.
+    """
+    if not client.client_id:
+        raise ClientRejected("client_id is empty", oauth_error="invalid_client")
+    if client_assertion is not None and client.method != "private_key_jwt":
+        raise ValueError(
+            f"a client assertion is only used with private_key_jwt, not {client.method}"
+        )
+    headers = {
+        "Accept": "application/json",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    form: list[tuple[str, str]] = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ]
+    if scope:
+        form.append(("scope", scope))
+    form.extend(("resource", uri) for uri in resource)
+    if audience:
+        form.append(("audience", audience))
+
+    if client.method in ("client_secret_basic", "client_secret_post"):
+        secret = client.client_secret
+        if not secret:
+            raise ClientRejected(
+                f"client_auth {client.method} needs a client_secret: set client_secret in the "
+                "Vault secret (or switch client_auth)",
+                oauth_error="invalid_client",
+            )
+        if client.method == "client_secret_basic":
+            headers["Authorization"] = _basic_credentials(client.client_id, secret)
+        else:
+            form += [("client_id", client.client_id), ("client_secret", secret)]
+    elif client.method == "private_key_jwt":
+        if not client_assertion:
+            raise ClientRejected(
+                "client_auth private_key_jwt needs a client assertion (no private key?)",
+                oauth_error="invalid_client",
+            )
+        form += [
+            ("client_id", client.client_id),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", client_assertion),
+        ]
+    else:
+        form.append(("client_id", client.client_id))
+    return TokenRequest(headers=headers, form=tuple(form))
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # also bad UTF-8 and absurdly deep nesting
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _number(value: Any, name: str) -> float | None:
+    """A JSON number or numeric string as float; ``None`` for absent or null."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise MalformedResponse(f"token endpoint response: {name} is not a number")
+    if isinstance(value, str):
+        if not _NUMBER.fullmatch(value):
+            raise MalformedResponse(f"token endpoint response: {name} is not a number")
+        value = float(value)
+    if not isinstance(value, int | float):
+        raise MalformedResponse(f"token endpoint response: {name} is not a number")
+    try:
+        result = float(value)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise MalformedResponse(f"token endpoint response: {name} is not a finite number")
+    return result
+
+
+def _token(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MalformedResponse(
+            f"token endpoint response: {name} is missing or not a non-empty string"
+        )
+    if not _VSCHAR.fullmatch(value):
+        raise MalformedResponse(
+            f"token endpoint response: {name} has characters outside RFC 6749 VSCHAR"
+        )
+    return value
+
+
+def _parse_grant(status: int, body: bytes) -> TokenGrant:
+    data = _json_object(body)
+    if data is None:
+        raise MalformedResponse(f"token endpoint response (HTTP {status}) is not a JSON object")
+    access_token = _token(data.get("access_token"), "access_token")
+    token_type = data.get("token_type")
+    if not isinstance(token_type, str) or not token_type.strip():
+        raise MalformedResponse("token endpoint response: token_type is missing or not a string")
+    token_type = _TOKEN_TYPES.get(token_type.strip().lower(), token_type.strip())
+    refresh_token = data.get("refresh_token")
+    if refresh_token is not None:
+        refresh_token = _token(refresh_token, "refresh_token")
+    scope = data.get("scope")
+    if isinstance(scope, list) and all(isinstance(item, str) for item in scope):
+        scope = " ".join(scope)  # some servers send a JSON array; RFC 6749 says a string
+    if scope is not None and not isinstance(scope, str):
+        raise MalformedResponse("token endpoint response: scope is not a string")
+    try:
+        refresh_expires_in = _number(data.get("refresh_expires_in"), "refresh_expires_in")
+    except MalformedResponse:
+        # Informational only (Keycloak, Okta): not worth refusing an otherwise valid grant.
+        refresh_expires_in = None
+    return TokenGrant(
+        access_token=access_token,
+        token_type=token_type,
+        expires_in=_number(data.get("expires_in"), "expires_in"),
+        refresh_token=refresh_token,
+        scope=scope or None,
+        refresh_expires_in=refresh_expires_in,
+    )
+
+
+def salvage_refresh_token(body: bytes) -> str | None:
+    """The valid ``refresh_token`` in a (possibly otherwise malformed) JSON body, else ``None``.
+
+    Never raises. Use it on a 2xx answer that failed :func:`parse_token_response`: the server
+    has probably rotated, and the new token must be persisted before the old one is dropped.
+    """
+    data = _json_object(body)
+    value = data.get("refresh_token") if data is not None else None
+    if isinstance(value, str) and _VSCHAR.fullmatch(value):
+        return value
+    return None
+
+
+def refresh_token_from_error(error: BaseException) -> str | None:
+    """The rotated refresh token that a malformed 2xx answer carried, if any.
+
+    :func:`parse_token_response` attaches it to the :class:`MalformedResponse` it raises, so a
+    caller that only sees the exception can still persist it. The attribute is not part of the
+    error's message or ``repr``.
+    """
+    value = getattr(error, _SALVAGE_ATTRIBUTE, None)
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthErrorBody:
+    """What may be said about an RFC 6749 §5.2 error body without echoing it."""
+
+    error: str | None
+    """The ``error`` code if it is a known one; ``None`` when absent or unrecognised."""
+    has_error: bool
+    """The body had an ``error`` string at all (known or not)."""
+    description_length: int | None
+    """Length of ``error_description``; its text is never kept."""
+
+
+def parse_error_body(body: bytes) -> OAuthErrorBody:
+    data = _json_object(body) or {}
+    error = data.get("error")
+    description = data.get("error_description")
+    return OAuthErrorBody(
+        error=error if isinstance(error, str) and error in KNOWN_ERRORS else None,
+        has_error=isinstance(error, str),
+        description_length=len(description) if isinstance(description, str) else None,
+    )
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
+
+
+def parse_retry_after(value: str | None, now: float | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (RFC 9110 §10.2.3), ``None`` if unusable.
+
+    Accepts delta-seconds and HTTP-dates (the latter only with ``now``, wall-clock seconds).
+    Past dates and negative numbers give 0; capping is the caller's business.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value)
+    elif now is None:
+        return None
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+            seconds = when.timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def parse_token_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+) -> TokenGrant:
+    """Classify a token endpoint answer: a :class:`TokenGrant` or one of the project errors.
+
+    ``now`` (wall-clock seconds) lets an HTTP-date ``Retry-After`` count; without it only
+    delta-seconds do. See the module docstring for the mapping.
+    """
+    if 200 <= status < 300:
+        try:
+            return _parse_grant(status, body)
+        except MalformedResponse as exc:
+            setattr(exc, _SALVAGE_ATTRIBUTE, salvage_refresh_token(body))
+            raise
+    where = f"HTTP {status}"
+    if 300 <= status < 400:
+        raise ClientRejected(
+            f"token endpoint answered {where}, a redirect; redirects are not followed, "
+            "so configure the final token endpoint URL",
+            oauth_error=f"http_{status}",
+        )
+    retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
+    oauth = parse_error_body(body)
+    code = f"{oauth.error}, {where}" if oauth.error else where
+    if status in (408, 429) or 500 <= status < 600:
+        raise TokenEndpointUnavailable(
+            f"token endpoint unavailable ({code})", retry_after=retry_after
+        )
+    if not 400 <= status < 500:
+        raise MalformedResponse(f"token endpoint answered an unexpected {where}")
+    if oauth.error == "invalid_grant":
+        raise InvalidGrant(f"token endpoint refused the refresh token ({code})")
+    if oauth.error in RETRYABLE_ERRORS:
+        raise TokenEndpointUnavailable(
+            f"token endpoint unavailable ({code})", retry_after=retry_after
+        )
+    if oauth.error is not None:
+        raise ClientRejected(
+            f"token endpoint rejected the request ({code})", oauth_error=oauth.error
+        )
+    detail = "an unrecognised error code" if oauth.has_error else "no OAuth error code"
+    raise ClientRejected(
+        f"token endpoint rejected the request ({where}, {detail})", oauth_error=f"http_{status}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryInfo:
+    """What the sidecar uses from authorization server metadata (RFC 8414 §2)."""
+
+    token_endpoint: str
+    token_endpoint_auth_methods_supported: tuple[str, ...] | None = field(default=None)
+    """``None`` when the document does not say (RFC 8414 then implies client_secret_basic)."""
+
+
+def discovery_urls(issuer: str) -> tuple[str, str]:
+    """Where to look for metadata, in order.
+
+    RFC 8414 §3.1 inserts ``/.well-known/oauth-authorization-server`` between host and path
+    (``https://as/t1`` → ``https://as/.well-known/oauth-authorization-server/t1``); OpenID
+    Connect Discovery appends ``/.well-known/openid-configuration`` to the issuer. A trailing
+    ``/`` of the issuer is removed first in both cases.
+    """
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    rfc8414 = urlunsplit(
+        (parts.scheme, parts.netloc, "/.well-known/oauth-authorization-server" + path, "", "")
+    )
+    oidc = urlunsplit(
+        (parts.scheme, parts.netloc, path + "/.well-known/openid-configuration", "", "")
+    )
+    return rfc8414, oidc
+
+
+def parse_discovery(
+    body: bytes, expected_issuer: str, *, allow_http: bool = False
+) -> DiscoveryInfo:
+    """Validate a metadata document against the configured issuer.
+
+    The ``issuer`` must equal ``expected_issuer`` exactly (RFC 8414 §3.3: this is what stops
+    a mix-up between servers); a difference of only a trailing slash is also refused, with a
+    hint, since the configured value must be the server's own identifier.
+
+    Raises MalformedResponse (not a JSON object, missing fields: possibly a proxy's page,
+    worth retrying) or ClientRejected (``issuer`` mismatch, an insecure ``token_endpoint``:
+    configuration, final), both with messages naming the key.
+    """
+    data = _json_object(body)
+    if data is None:
+        raise MalformedResponse("issuer: the discovery document is not a JSON object")
+    issuer = data.get("issuer")
+    if not isinstance(issuer, str):
+        raise MalformedResponse("issuer: the discovery document has no issuer string")
+    if issuer != expected_issuer:
+        hint = (
+            " (they differ only by a trailing '/'; write issuer exactly as the server does)"
+            if issuer.rstrip("/") == expected_issuer.rstrip("/")
+            else ""
+        )
+        raise ClientRejected(
+            f"issuer: the discovery document names a different issuer{hint}",
+            oauth_error="issuer_mismatch",
+        )
+    endpoint = data.get("token_endpoint")
+    if not isinstance(endpoint, str):
+        raise MalformedResponse("issuer: the discovery document has no token_endpoint string")
+    try:
+        check_url(endpoint, allow_http=allow_http, what="token_endpoint")
+    except ValueError as exc:
+        raise ClientRejected(
+            f"issuer: the discovery document's {exc}", oauth_error="insecure_token_endpoint"
+        ) from exc
+    methods = data.get("token_endpoint_auth_methods_supported")
+    supported = (
+        tuple(methods)
+        if isinstance(methods, list) and all(isinstance(m, str) for m in methods)
+        else None
+    )
+    return DiscoveryInfo(token_endpoint=endpoint, token_endpoint_auth_methods_supported=supported)
