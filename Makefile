@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(IDP)/node_modules/.installed: $(IDP)/package-lock.json $(VENV)/.installed
-	$(PY) -m tests.support.idp install
+	$(PY) -c 'from tests.support.idp import ensure_node_modules, find_node; ensure_node_modules(*find_node())'
 	touch $@
 
 demo: $(VENV)/.installed $(IDP)/node_modules/.installed

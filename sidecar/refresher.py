@@ -44,6 +44,7 @@ from sidecar.model import (
     StoredSecret,
     TokenGrant,
 )
+from sidecar.oauth import refresh_token_from_error
 from sidecar.ports import (
     Clock,
     Journal,
@@ -241,6 +242,12 @@ class Refresher:
             return
         except SidecarError as exc:
             self._record(exc.kind, started_mono)
+            salvaged = refresh_token_from_error(exc)
+            if salvaged is not None and salvaged != token:
+                # The server rotated but its answer is unusable: keep the new token (R2).
+                self._redactor.add(salvaged)
+                self._rotate(token, salvaged, started_wall)
+                await self._write_back()
             self._fail(exc, "token.refresh_failed")
             return
         self._redactor.add(grant.access_token, grant.refresh_token or "")

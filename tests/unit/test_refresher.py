@@ -236,3 +236,20 @@ def test_missing_client_secret_is_reported_not_exchanged() -> None:
     rig.run_for(5)
     assert rig.exchanger.presented == []
     assert rig.status.last_error == "secret_invalid"
+
+
+def test_rotated_token_in_a_malformed_answer_is_kept() -> None:
+    from sidecar.errors import MalformedResponse  # noqa: PLC0415
+    from sidecar.oauth import parse_token_response  # noqa: PLC0415
+
+    rig = Rig()
+    try:
+        parse_token_response(200, {}, b'{"refresh_token": "rt-salvaged-01", "token_type": 1}')
+    except MalformedResponse as exc:
+        malformed = exc
+    rig.exchanger.valid = {"rt-salvaged-01"}
+    rig.exchanger.script = [malformed]
+    rig.run_for(10)
+    assert rig.store.data["refresh_token"] != "rt-0000000001"
+    assert rig.exchanger.presented[:2] == ["rt-0000000001", "rt-salvaged-01"]
+    assert rig.sink.published
