@@ -28,7 +28,7 @@ from sidecar.config import CredentialConfig, Settings
 from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.ports import Clock
-from sidecar.refresher import ClientTemplate, RefreshPolicy, Refresher, client_credentials
+from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy, client_credentials
 from sidecar.schedule import SchedulePolicy
 from sidecar.status import StatusBoard
 
@@ -211,7 +211,9 @@ class App:
             await self.close()
             return results
         results.append(
-            CheckResult("vault", ok=True, detail=f"logged in with {auth.method} at auth/{auth.mount_path}")
+            CheckResult(
+                "vault", ok=True, detail=f"logged in with {auth.method} at auth/{auth.mount_path}"
+            )
         )
         for credential in self.settings.credentials:
             subject = f"credential {credential.name}"
@@ -220,7 +222,9 @@ class App:
                 secret = await store.read()
                 client_credentials(client_template(credential), secret)
                 results.append(
-                    CheckResult(subject, ok=True, detail=f"secret {secret.location} v{secret.version}")
+                    CheckResult(
+                        subject, ok=True, detail=f"secret {secret.location} v{secret.version}"
+                    )
                 )
             except SidecarError as exc:
                 results.append(CheckResult(subject, ok=False, detail=exc.message))
@@ -236,7 +240,9 @@ class App:
             try:
                 FileSink(credential.output_dir, mode=credential.file_mode).prepare()
                 results.append(
-                    CheckResult(subject, ok=True, detail=f"output_dir {credential.output_dir} usable")
+                    CheckResult(
+                        subject, ok=True, detail=f"output_dir {credential.output_dir} usable"
+                    )
                 )
             except SidecarError as exc:
                 results.append(CheckResult(subject, ok=False, detail=exc.message))

@@ -99,7 +99,9 @@ class VaultAuthConfig(_Section):
         if self.method in ("kubernetes", "jwt") and not self.role:
             raise ValueError(f"role: required for auth method {self.method!r}")
         if self.method == "approle" and not (self.role_id_file and self.secret_id_file):
-            raise ValueError("role_id_file: role_id_file and secret_id_file are required for 'approle'")
+            raise ValueError(
+                "role_id_file: role_id_file and secret_id_file are required for 'approle'"
+            )
         return self
 
 
@@ -178,19 +180,21 @@ class CredentialConfig(_Section):
         if (self.token_endpoint is None) == (self.issuer is None):
             raise ValueError("token_endpoint: set exactly one of token_endpoint and issuer")
         if self.token_endpoint is not None:
-            check_url(self.token_endpoint, allow_http=self.allow_insecure_http, what="token_endpoint")
+            check_url(
+                self.token_endpoint, allow_http=self.allow_insecure_http, what="token_endpoint"
+            )
         if self.issuer is not None:
             check_url(self.issuer, allow_http=self.allow_insecure_http, what="issuer")
         return self
 
 
 class ServerConfig(_Section):
-    address: str = "0.0.0.0:8099"  # noqa: S104  # the kubelet probes the pod IP
+    address: str = "0.0.0.0:8099"  # the kubelet probes the pod IP
 
     @field_validator("address")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
+        _, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT, for example 0.0.0.0:8099")
         return value
@@ -283,8 +287,9 @@ class Settings(BaseSettings):
             seen_names.add(cred.name)
             out = Path(os.path.normpath(cred.output_dir))
             if out in seen_dirs:
+                owner = seen_dirs[out]
                 problems.append(
-                    f"credentials[{index}].output_dir: already used by credential {seen_dirs[out]!r}"
+                    f"credentials[{index}].output_dir: already used by credential {owner!r}"
                 )
             seen_dirs.setdefault(out, cred.name)
         if problems:
@@ -373,7 +378,9 @@ def load_settings(path: Path | None = None) -> Settings:
     vault_env = {key: env[name] for name, key in _VAULT_ENV.items() if env.get(name)}
     if vault_env:
         section = data.get("vault")
-        data = _merge(data, {"vault": _merge(section if isinstance(section, dict) else {}, vault_env)})
+        data = _merge(
+            data, {"vault": _merge(section if isinstance(section, dict) else {}, vault_env)}
+        )
     try:
         return Settings(**data)
     except ValidationError as exc:

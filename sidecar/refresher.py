@@ -105,8 +105,8 @@ def client_credentials(template: ClientTemplate, secret: StoredSecret) -> Client
 
 @dataclass(frozen=True, slots=True)
 class RefreshPolicy:
-    schedule: SchedulePolicy = SchedulePolicy()
-    backoff: BackoffPolicy = BackoffPolicy()
+    schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     secret_poll: float = 30.0
     """How often to look for a re-seeded secret after a final error."""
     operation_timeout: float = 10.0
@@ -478,6 +478,4 @@ class Refresher:
 
     def _record(self, outcome: str, started: float) -> None:
         if self._observer is not None:
-            self._observer.refresh_finished(
-                self.name, outcome, self._clock.monotonic() - started
-            )
+            self._observer.refresh_finished(self.name, outcome, self._clock.monotonic() - started)

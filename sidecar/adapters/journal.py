@@ -35,7 +35,7 @@ class FileJournal:
 
     def load(self) -> JournalEntry | None:
         try:
-            with open(self.path, "rb", opener=_no_follow) as handle:  # noqa: PTH123  # needs opener
+            with open(self.path, "rb", opener=_no_follow) as handle:  # needs opener
                 raw = json.loads(handle.read())
             return JournalEntry(
                 location=str(raw["location"]),

@@ -1,4 +1,4 @@
-"""Configuration: YAML plus environment; every problem reported with its key, values never echoed."""
+"""Configuration: YAML plus environment; every problem named by its key, values never echoed."""
 
 from __future__ import annotations
 
@@ -113,12 +113,15 @@ def test_plain_http_only_to_loopback(tmp_path: Path) -> None:
 
 
 def test_duplicates_are_rejected(tmp_path: Path) -> None:
-    doubled = MINIMAL + """
+    doubled = (
+        MINIMAL
+        + """
   - name: billing
     kv_path: apps/other
     issuer: https://idp.example
     output_dir: /var/run/tokens/billing/
 """
+    )
     found = problems(tmp_path, doubled)
     assert "credentials[1].name: duplicate name 'billing'" in found
     assert "credentials[1].output_dir: already used by credential 'billing'" in found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import pytest
@@ -15,7 +16,7 @@ from sidecar.errors import (
     VaultUnavailable,
 )
 from sidecar.model import JournalEntry
-from sidecar.refresher import ClientTemplate, RefreshPolicy, Refresher
+from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy
 from sidecar.schedule import SchedulePolicy
 from sidecar.status import CredentialStatus, Phase
 from tests.unit.fakes import Events, FakeClock, FakeExchanger, FakeJournal, FakeSink, FakeStore
@@ -73,7 +74,7 @@ def test_refreshes_ahead_of_expiry_and_never_presents_a_token_twice() -> None:
     # 2/3 of 30 s with 5 % jitter: one exchange every 18.5-21.5 s.
     assert 13 <= len(presented) <= 17
     published = rig.sink.published
-    for earlier, later in zip(published, published[1:], strict=False):
+    for earlier, later in itertools.pairwise(published):
         gap = (later.issued_at - earlier.issued_at).total_seconds()
         assert 18 <= gap <= 22
         assert later.issued_at < earlier.expires_at

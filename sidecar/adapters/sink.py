@@ -1,0 +1,158 @@
+"""The app's side of the contract: token files replaced atomically in a shared directory.
+
+Per credential the sink writes two files into its ``output_dir``:
+
+``token.json``
+    ``{"access_token", "token_type", "expires_at", "issued_at"[, "scope"]}``, times in RFC 3339
+    UTC, keys in that order, indented for people who ``cat`` it, newline-terminated.
+``access_token``
+    the token alone, no newline, for apps that just read a bearer token.
+
+``token.json`` is replaced first and ``access_token`` second, so an app that watches
+``access_token`` finds the matching metadata already in place when it wakes up.
+
+Every replacement is atomic (DESIGN.md, R4): the bytes go to a temporary file in the same
+directory, opened with ``O_CREAT|O_EXCL|O_NOFOLLOW`` under a hidden name with a random suffix
+(so a symlink planted there is never followed: the open fails instead), then fsync, rename
+over the target, fsync of the directory. A reader sees the old file or the new one, never a
+partial or empty one. A symlink *at the target name* is not followed either: the rename
+replaces the link itself. Mode and group are set on the open descriptor, so the process umask
+has no say. Leftover temporary files from a crashed run are removed by :meth:`FileSink.prepare`.
+
+Errors become :class:`~sidecar.errors.SinkError` naming the path and the OS reason; the data
+being written never appears in a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from sidecar.atomicfile import (
+    random_suffix,
+    remove_temp_files,
+    sink_error,
+    temp_name,
+    write_atomic,
+)
+from sidecar.errors import SinkError
+from sidecar.model import PublishedToken
+from sidecar.status import rfc3339
+
+__all__ = ["ACCESS_TOKEN_FILE", "TOKEN_JSON_FILE", "FileSink", "token_json"]
+
+ACCESS_TOKEN_FILE = "access_token"  # noqa: S105  # a file name, not a password
+TOKEN_JSON_FILE = "token.json"  # noqa: S105  # a file name, not a password
+_DIR_MODE = 0o755
+_DIR_MODE_GROUP = 0o750
+
+log = structlog.get_logger(__name__)
+
+
+def token_json(token: PublishedToken) -> bytes:
+    """The ``token.json`` document for ``token``."""
+    for stamp in (token.issued_at, token.expires_at):
+        if stamp.tzinfo is None:
+            raise ValueError("PublishedToken times must be timezone-aware")
+    document: dict[str, str] = {
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "expires_at": rfc3339(token.expires_at.timestamp()),
+        "issued_at": rfc3339(token.issued_at.timestamp()),
+    }
+    if token.scope:
+        document["scope"] = token.scope
+    return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+
+class FileSink:
+    """:class:`~sidecar.ports.TokenSink` writing ``token.json`` and ``access_token``.
+
+    ``output_dir`` is normally an ``emptyDir`` both containers mount. When it does not exist,
+    :meth:`prepare` creates it (and its parents) with mode 0755, or 0750 and ``group`` when a
+    group is set, so the app's user can always enter it; an existing directory's mode is left
+    alone, since whoever made it chose it.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        mode: int = 0o440,
+        group: int | None = None,
+        temp_suffix: Callable[[], str] = random_suffix,
+    ) -> None:
+        self.output_dir = output_dir
+        self.mode = mode
+        self.group = group
+        self._temp_suffix = temp_suffix
+
+    def __repr__(self) -> str:
+        return f"FileSink({str(self.output_dir)!r}, mode={self.mode:#o}, group={self.group})"
+
+    def prepare(self) -> None:
+        """Make sure the directory exists and is writable; remove leftover temporary files."""
+        directory = self.output_dir
+        try:
+            info = directory.stat()
+        except FileNotFoundError:
+            self._create_directory()
+        except OSError as exc:
+            raise sink_error("use directory", directory, exc) from exc
+        else:
+            if not stat.S_ISDIR(info.st_mode):
+                raise SinkError(f"cannot use directory {directory}: not a directory")
+        removed = remove_temp_files(directory)
+        if removed:
+            log.info("sink.leftovers_removed", directory=str(directory), count=removed)
+        self._probe()
+
+    def _probe(self) -> None:
+        """Prove now, not at the first refresh, that files can be created here.
+
+        The probe carries the temporary prefix, so a crash right here leaves nothing that the
+        next :meth:`prepare` would not remove.
+        """
+        probe = self.output_dir / temp_name("probe", self._temp_suffix())
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            os.close(os.open(probe, flags, 0o600))
+            probe.unlink()
+        except OSError as exc:
+            raise sink_error("write in directory", self.output_dir, exc) from exc
+
+    def _create_directory(self) -> None:
+        directory = self.output_dir
+        mode = _DIR_MODE if self.group is None else _DIR_MODE_GROUP
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(mode)
+            if self.group is not None:
+                os.chown(directory, -1, self.group)
+        except OSError as exc:
+            raise sink_error("create directory", directory, exc) from exc
+        log.info("sink.directory_created", directory=str(directory), mode=f"{mode:#o}")
+
+    def publish(self, token: PublishedToken) -> None:
+        """Replace ``token.json``, then ``access_token``. Raises SinkError.
+
+        If the second write fails, ``access_token`` still holds the previous, still valid
+        token while ``token.json`` describes the new one; the caller retries the publish.
+        """
+        for name, data in (
+            (TOKEN_JSON_FILE, token_json(token)),
+            (ACCESS_TOKEN_FILE, token.access_token.encode("utf-8")),
+        ):
+            write_atomic(
+                self.output_dir,
+                name,
+                data,
+                mode=self.mode,
+                group=self.group,
+                temp_suffix=self._temp_suffix,
+            )

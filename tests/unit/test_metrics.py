@@ -1,0 +1,161 @@
+"""Metrics: the public families, scrape-time gauges, and an exposition Prometheus can parse."""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar import __version__
+from sidecar.metrics import Metrics
+from sidecar.status import Phase, StatusBoard
+
+NOW = 1_800_000_000.0
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class Wall:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def scrape(metrics: Metrics) -> Samples:
+    """Parse the exposition as Prometheus would; fails on anything malformed."""
+    body, content_type = metrics.render()
+    assert content_type == CONTENT_TYPE_LATEST
+    samples: Samples = {}
+    for family in text_string_to_metric_families(body.decode("utf-8")):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"duplicate series {key}"
+            samples[key] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The sample ``token_sidecar_<name>{labels}``, or None when the series is absent."""
+    return samples.get(("token_sidecar_" + name, tuple(sorted(labels.items()))))
+
+
+def make() -> tuple[StatusBoard, Wall, Metrics]:
+    board = StatusBoard()
+    board.add("app")
+    board.add("batch", required=False)
+    wall = Wall()
+    return board, wall, Metrics(board, wall.time, ready_margin=5.0)
+
+
+def test_series_exist_before_anything_happens() -> None:
+    _, _, metrics = make()
+    samples = scrape(metrics)
+    for credential in ("app", "batch"):
+        assert value(samples, "refresh_total", credential=credential, outcome="success") == 0.0
+        assert value(samples, "refresh_duration_seconds_count", credential=credential) == 0.0
+        assert value(samples, "writeback_pending", credential=credential) == 0.0
+        assert value(samples, "consecutive_failures", credential=credential) == 0.0
+        assert value(samples, "ready", credential=credential) == 0.0
+        assert value(samples, "state", credential=credential, state="starting") == 1.0
+        # Unknown values are absent, not zero.
+        assert (
+            value(samples, "access_token_expiry_timestamp_seconds", credential=credential) is None
+        )
+    assert value(samples, "build_info", version=__version__) == 1.0
+
+
+def test_credentials_added_later_get_their_series() -> None:
+    board = StatusBoard()
+    metrics = Metrics(board, Wall().time)
+    board.add("late")
+    samples = scrape(metrics)
+    assert value(samples, "refresh_total", credential="late", outcome="success") == 0
+
+
+def test_refresh_events() -> None:
+    _, _, metrics = make()
+    metrics.refresh_finished("app", "success", 0.004)
+    metrics.refresh_finished("app", "invalid_grant", 0.02)
+    metrics.refresh_finished("app", "success", 0.003)
+    samples = scrape(metrics)
+    assert value(samples, "refresh_total", credential="app", outcome="success") == 2
+    assert value(samples, "refresh_total", credential="app", outcome="invalid_grant") == 1
+    assert value(samples, "refresh_duration_seconds_count", credential="app") == 3
+    bucket = "refresh_duration_seconds_bucket"
+    assert value(samples, bucket, credential="app", le="0.001") == 0
+    assert value(samples, bucket, credential="app", le="0.005") == 2
+    assert value(samples, bucket, credential="app", le="30.0") == 3
+
+
+def test_vault_requests() -> None:
+    _, _, metrics = make()
+    metrics.vault_request("read", "success")
+    metrics.vault_request("read", "success")
+    metrics.vault_request("write", "cas_conflict")
+    samples = scrape(metrics)
+    total = "vault_requests_total"
+    assert value(samples, total, operation="read", outcome="success") == 2
+    assert value(samples, total, operation="write", outcome="cas_conflict") == 1
+
+
+def test_gauges_follow_the_status_at_scrape_time() -> None:
+    board, wall, metrics = make()
+    app = board.credentials["app"]
+    app.phase = Phase.VALID
+    app.expires_at = NOW + 300
+    app.last_success_at = NOW - 1
+    app.refresh_token_expires_at = NOW + 86_400
+
+    samples = scrape(metrics)
+    assert value(samples, "access_token_expiry_timestamp_seconds", credential="app") == (NOW + 300)
+    assert value(samples, "access_token_expires_in_seconds", credential="app") == 300
+    assert value(samples, "last_refresh_success_timestamp_seconds", credential="app") == (NOW - 1)
+    assert value(samples, "refresh_token_expiry_timestamp_seconds", credential="app") == (
+        NOW + 86_400
+    )
+    assert value(samples, "ready", credential="app") == 1
+    assert value(samples, "state", credential="app", state="valid") == 1
+    assert value(samples, "state", credential="app", state="starting") == 0
+
+    wall.now = NOW + 297  # inside the ready margin
+    app.phase = Phase.RETRYING
+    app.consecutive_failures = 3
+    app.writeback_pending = True
+    samples = scrape(metrics)
+    assert value(samples, "access_token_expires_in_seconds", credential="app") == 3
+    assert value(samples, "ready", credential="app") == 0
+    assert value(samples, "consecutive_failures", credential="app") == 3
+    assert value(samples, "writeback_pending", credential="app") == 1
+    assert value(samples, "state", credential="app", state="retrying") == 1
+
+
+def test_own_registry() -> None:
+    _, _, first = make()
+    _, _, second = make()  # a second instance would clash in a shared registry
+    assert first.registry is not prometheus_client.REGISTRY
+    assert first.registry is not second.registry
+    assert b"token_sidecar_" not in prometheus_client.generate_latest(prometheus_client.REGISTRY)
+
+
+def test_every_family_is_declared_and_prefixed() -> None:
+    _, _, metrics = make()
+    body, _ = metrics.render()
+    families = {f.name: f.type for f in text_string_to_metric_families(body.decode())}
+    expected = {
+        "token_sidecar_refresh": "counter",
+        "token_sidecar_refresh_duration_seconds": "histogram",
+        "token_sidecar_vault_requests": "counter",
+        "token_sidecar_access_token_expiry_timestamp_seconds": "gauge",
+        "token_sidecar_access_token_expires_in_seconds": "gauge",
+        "token_sidecar_last_refresh_success_timestamp_seconds": "gauge",
+        "token_sidecar_refresh_token_expiry_timestamp_seconds": "gauge",
+        "token_sidecar_writeback_pending": "gauge",
+        "token_sidecar_consecutive_failures": "gauge",
+        "token_sidecar_ready": "gauge",
+        "token_sidecar_state": "gauge",
+        "token_sidecar_build_info": "gauge",
+    }
+    assert expected.items() <= families.items()
+    assert all(name.startswith("token_sidecar_") for name in families)
