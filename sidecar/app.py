@@ -62,7 +62,9 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self.stop = asyncio.Event()
         self.board = StatusBoard()
-        self.metrics = Metrics(self.board, time=self.clock.time)
+        self.metrics = Metrics(
+            self.board, time=self.clock.time, ready_margin=settings.refresh.ready_margin_seconds
+        )
         self.vault = VaultSession(settings.vault, on_request=self.metrics.vault_request)
         self.http: httpx.AsyncClient = make_http_client(
             settings.http.ca_cert, settings.http.timeout_seconds

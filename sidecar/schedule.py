@@ -9,7 +9,7 @@ delay is ever shorter than ``min_interval`` (so an absurd ``expires_in`` cannot 
 
 ==========================  ==========================================
 absent, not a number        ``default_expires_in`` (300 s)
-zero, negative, tiny        ``min_expires_in`` (5 s)
+zero or negative            ``min_expires_in`` (5 s)
 astronomically large        ``max_expires_in`` (1 day)
 ==========================  ==========================================
 """
@@ -49,10 +49,16 @@ class SchedulePolicy:
 
 
 def effective_lifetime(expires_in: float | None, policy: SchedulePolicy) -> float:
-    """The lifetime to plan with, in seconds, after the documented defaults and clamps."""
+    """The lifetime to plan with, in seconds, after the documented defaults and clamps.
+
+    A short but positive ``expires_in`` is believed as it is: stretching it would publish an
+    ``expires_at`` later than the server's.
+    """
     if expires_in is None or not math.isfinite(expires_in):
         return policy.default_expires_in
-    return min(max(expires_in, policy.min_expires_in), policy.max_expires_in)
+    if expires_in <= 0:
+        return policy.min_expires_in
+    return min(expires_in, policy.max_expires_in)
 
 
 def refresh_delay(lifetime: float, policy: SchedulePolicy, rng: random.Random) -> float:

@@ -60,6 +60,7 @@ class CredentialStatus:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """JSON-safe facts for ``/healthz``; no secret is ever part of the status."""
+
         def stamp(value: float | None) -> str | None:
             return rfc3339(value) if value is not None else None
 

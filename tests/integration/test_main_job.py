@@ -85,7 +85,11 @@ class Deployment:
             "server": {"address": f"127.0.0.1:{self.port}"},
             "log": {"level": "debug", "format": "json"},
             "journal": {"dir": str(self.root / "journal")},
-            "refresh": {"min_margin_seconds": 1, "shutdown_grace_seconds": 5},
+            "refresh": {
+                "min_margin_seconds": 1,
+                "ready_margin_seconds": 1,
+                "shutdown_grace_seconds": 5,
+            },
         }
         self.config_path.write_text(yaml.safe_dump(config))
 
@@ -125,17 +129,11 @@ class Deployment:
 
 
 def clean_env() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TOKEN_SIDECAR_", "VAULT_"))
-    }
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TOKEN_SIDECAR_", "VAULT_"))}
 
 
 @pytest.fixture
-def deployment(
-    openbao: OpenBaoServer, idp: IdpServer, tmp_path: Path
-) -> Iterator[Deployment]:
+def deployment(openbao: OpenBaoServer, idp: IdpServer, tmp_path: Path) -> Iterator[Deployment]:
     idp.set_ttl(access_token=4)
     policy = openbao.write_kv_policy("e2e-billing", KV_PATH)
     openbao.create_role(ROLE, [policy])
@@ -224,6 +222,11 @@ def test_run_keeps_a_valid_token_through_many_rotations(deployment: Deployment) 
     assert doc["token_type"] == "Bearer"
     assert doc["access_token"] == token_file.read_text()
     assert oct(token_file.stat().st_mode & 0o777) == "0o440"
+    userinfo = httpx.get(
+        f"{dep.idp.issuer}/me", headers={"Authorization": f"Bearer {doc['access_token']}"}
+    )
+    assert userinfo.status_code == 200, userinfo.text
+    assert userinfo.json()["sub"]
 
     health = dep.get("/healthz")
     assert health.status_code == 200
