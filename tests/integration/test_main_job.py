@@ -326,3 +326,87 @@ def test_version() -> None:
         check=True,
     )
     assert result.stdout.startswith("token-sidecar ")
+
+
+@pytest.mark.parametrize(
+    ("client_id", "method", "discovery"),
+    [
+        ("client-basic", "client_secret_basic", True),
+        ("client-post", "client_secret_post", False),
+        ("client-jwt", "private_key_jwt", True),
+        ("client-public", "none", False),
+    ],
+)
+def test_every_client_auth_method_end_to_end(
+    deployment: Deployment, client_id: str, method: str, discovery: bool
+) -> None:
+    dep = deployment
+    seeded = dep.idp.seed_refresh_token(client_id)
+    secret: dict[str, Any] = {"refresh_token": seeded}
+    overrides: dict[str, Any] = {"client_auth": method, "client_id": client_id}
+    if dep.idp.client_secret(client_id):
+        secret["client_secret"] = dep.idp.client_secret(client_id)
+    if method == "private_key_jwt":
+        key_file = dep.root / "client.pem"
+        key_file.write_text(dep.idp.private_key_pem)
+        overrides["private_key_file"] = str(key_file)
+    if discovery:
+        overrides.update(token_endpoint=None, issuer=dep.idp.issuer)
+    dep.openbao.put_secret(KV_PATH, secret)
+    dep.write_config(**overrides)
+    for _ in range(2):
+        result = dep.cli("once")
+        assert result.returncode == 0, result.stderr
+    _, version = dep.vault_secret()
+    assert version == 4  # seeded twice, then two rotations written back
+    assert dep.idp.stats()["refresh_succeeded"] == 2
+    assert dep.idp.stats()["refresh_token_reuse"] == 0
+
+
+def test_sigterm_waits_for_a_pending_write_back(deployment: Deployment) -> None:
+    dep = deployment
+    dep.start()
+    assert wait_for(lambda: dep.vault_secret()[1] >= 2, timeout=10), dep.logs()
+    dep.openbao.seal()
+    try:
+        # The next rotation cannot reach Vault: journalled, published, write-back pending.
+        assert wait_for(lambda: "writeback.failed" in dep.logs(), timeout=10), dep.logs()
+        assert (
+            'token_sidecar_writeback_pending{credential="billing"} 1.0' in dep.get("/metrics").text
+        )
+        assert list((dep.root / "journal").glob("*.json"))
+        assert dep.process is not None
+        dep.process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert dep.process.poll() is None, "exited holding an unpersisted refresh token"
+    finally:
+        dep.openbao.unseal()
+    assert dep.process.wait(timeout=15) == 0
+    assert not list((dep.root / "journal").glob("*.json"))
+    assert dep.cli("once").returncode == 0  # Vault holds the live token
+    stats = dep.idp.stats()
+    assert stats["refresh_token_reuse"] == 0
+    assert stats["grants_revoked"] == 0
+
+
+def test_a_crash_with_a_pending_write_back_loses_nothing(deployment: Deployment) -> None:
+    dep = deployment
+    dep.start()
+    assert wait_for(lambda: dep.vault_secret()[1] >= 2, timeout=10), dep.logs()
+    dep.openbao.seal()
+    try:
+        assert wait_for(lambda: "writeback.failed" in dep.logs(), timeout=10), dep.logs()
+        assert dep.process is not None
+        dep.process.kill()
+        dep.process.wait(timeout=5)
+    finally:
+        dep.openbao.unseal()
+    # Vault still holds a spent token; only the journal has the live one.
+    dep.start()
+    assert wait_for(lambda: "journal.recovered" in dep.logs(), timeout=10), dep.logs()
+    assert wait_for(lambda: dep.vault_secret()[1] >= 4, timeout=15), dep.logs()
+    assert dep.stop() == 0
+    stats = dep.idp.stats()
+    assert stats["refresh_token_reuse"] == 0, stats
+    assert stats["grants_revoked"] == 0, stats
+    assert dep.cli("once").returncode == 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import signal
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -230,27 +230,33 @@ def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
     assert names(moved) == ["access_token", "token.json"]
 
 
-@pytest.fixture
-def file_size_limit() -> Iterator[int]:
-    """Writes past 16 bytes fail with EFBIG, as a full disk fails a write with ENOSPC."""
-    limit = 16
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield limit
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, old_handler)
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+from pathlib import Path
+from sidecar.atomicfile import write_atomic
+from sidecar.errors import SinkError
+
+directory = Path(sys.argv[1])
+write_atomic(directory, "f", b"old", mode=0o440, group=None)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (16, resource.RLIM_INFINITY))
+try:
+    write_atomic(directory, "f", b"n" * 17, mode=0o440, group=None)
+except SinkError as exc:
+    print(exc)
+"""
 
 
-def test_failed_data_write_keeps_the_previous_file(tmp_path: Path, file_size_limit: int) -> None:
-    write_atomic(tmp_path, "f", b"old", mode=0o440, group=None)
-
-    with pytest.raises(SinkError) as caught:
-        write_atomic(tmp_path, "f", b"n" * (file_size_limit + 1), mode=0o440, group=None)
-
-    assert str(caught.value) == f"cannot write {tmp_path / 'f'}: File too large (EFBIG)"
+def test_failed_data_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    # A file-size limit fails the write with EFBIG as a full disk fails it with ENOSPC. The
+    # limit is process-wide, so it is set in a child process and never in the test runner.
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == f"cannot write {tmp_path / 'f'}: File too large (EFBIG)"
     assert names(tmp_path) == ["f"]
     assert (tmp_path / "f").read_bytes() == b"old"
 
