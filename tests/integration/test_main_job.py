@@ -218,9 +218,15 @@ def test_run_keeps_a_valid_token_through_many_rotations(deployment: Deployment) 
     assert len(reader.tokens) >= 4
 
     # The published token is accepted by the resource server side of the IdP.
-    doc = json.loads((dep.output_dir / "token.json").read_text())
+    def consistent_pair() -> dict[str, Any] | None:
+        # token.json is replaced first, access_token second: between the two a reader may see
+        # a newer token.json, so read until both files show the same token.
+        doc: dict[str, Any] = json.loads((dep.output_dir / "token.json").read_text())
+        return doc if doc["access_token"] == token_file.read_text() else None
+
+    assert wait_for(lambda: consistent_pair() is not None, timeout=5)
+    doc = consistent_pair() or json.loads((dep.output_dir / "token.json").read_text())
     assert doc["token_type"] == "Bearer"
-    assert doc["access_token"] == token_file.read_text()
     assert oct(token_file.stat().st_mode & 0o777) == "0o440"
     userinfo = httpx.get(
         f"{dep.idp.issuer}/me", headers={"Authorization": f"Bearer {doc['access_token']}"}
