@@ -181,6 +181,9 @@ class Metrics:
         self._refreshes.labels(credential, outcome).inc()
         self._durations.labels(credential).observe(max(seconds, 0.0))
 
+    def phase_changed(self, credential: str, old: str, new: str, reason: str | None) -> None:
+        """Phases are exported from the status at scrape time; nothing to count here."""
+
     def vault_request(self, operation: str, outcome: str) -> None:
         """Count one Vault request (``login``, ``read``, ``write`` ...; ``success`` or a kind)."""
         self._vault_requests.labels(operation, outcome).inc()

@@ -87,9 +87,19 @@ class TokenSink(Protocol):
 
 
 class RefreshObserver(Protocol):
-    """Receives events that counters and histograms need (gauges read status at scrape time)."""
+    """Receives what happened, for counters, histograms and Kubernetes Events.
 
-    def refresh_finished(self, credential: str, outcome: str, seconds: float) -> None: ...
+    Gauges read the status at scrape time instead.
+    """
+
+    def refresh_finished(self, credential: str, outcome: str, seconds: float) -> None:
+        """One exchange at the token endpoint ended; ``outcome`` is success or an error kind."""
+        ...
+
+    def phase_changed(self, credential: str, old: str, new: str, reason: str | None) -> None:
+        """The credential moved between phases (status.Phase values); ``reason`` is an error
+        kind when a failure caused it. Final failures and recoveries are what Events report."""
+        ...
 
 
 class Journal(Protocol):

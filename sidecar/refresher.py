@@ -170,7 +170,7 @@ class Refresher:
             while await self._step():
                 pass
         finally:
-            self.status.phase = Phase.STOPPED
+            self._set_phase(Phase.STOPPED)
             self.status.alive_until = math.inf
 
     async def once(self) -> None:
@@ -219,7 +219,7 @@ class Refresher:
         token = self._pending or self._secret.refresh_token
         if token == self._rejected:
             self._needs_read = True
-            self.status.phase = Phase.REJECTED
+            self._set_phase(Phase.REJECTED, "invalid_grant")
             self._next_refresh = self._clock.monotonic() + self._policy.secret_poll
             return
         try:
@@ -438,7 +438,7 @@ class Refresher:
         status = self.status
         if grant.refresh_expires_in is not None and math.isfinite(grant.refresh_expires_in):
             status.refresh_token_expires_at = issued + grant.refresh_expires_in
-        status.phase = Phase.VALID
+        self._set_phase(Phase.VALID)
         status.issued_at = issued
         status.expires_at = expires
         status.last_success_at = self._clock.time()
@@ -457,24 +457,31 @@ class Refresher:
         if isinstance(exc, InvalidGrant) or (
             isinstance(exc, FinalError) and self._rejected is not None
         ):
-            status.phase = Phase.REJECTED
+            self._set_phase(Phase.REJECTED, exc.kind)
             delay = self._policy.secret_poll
             self._needs_read = True
         elif isinstance(exc, FinalError):
-            status.phase = Phase.FAILED
+            self._set_phase(Phase.FAILED, exc.kind)
             delay = max(
                 self._policy.secret_poll,
                 backoff_delay(self._failures, self._policy.backoff, self._rng),
             )
             self._needs_read = True
         else:
-            status.phase = Phase.RETRYING if status.issued_at is not None else Phase.STARTING
+            phase = Phase.RETRYING if status.issued_at is not None else Phase.STARTING
+            self._set_phase(phase, exc.kind)
             delay = backoff_delay(self._failures, self._policy.backoff, self._rng, exc.retry_after)
         self._next_refresh = self._clock.monotonic() + delay
         level = "error" if isinstance(exc, FinalError) else "warning"
         getattr(self._log, level)(
             event, error=exc.kind, message=exc.message, retry_in=round(delay, 3)
         )
+
+    def _set_phase(self, phase: Phase, reason: str | None = None) -> None:
+        old = self.status.phase
+        self.status.phase = phase
+        if old is not phase and self._observer is not None:
+            self._observer.phase_changed(self.name, old.value, phase.value, reason)
 
     def _record(self, outcome: str, started: float) -> None:
         if self._observer is not None:
