@@ -25,6 +25,7 @@ from sidecar.adapters.vault import VaultSecretStore, VaultSession
 from sidecar.backoff import BackoffPolicy
 from sidecar.clock import SystemClock
 from sidecar.config import CredentialConfig, Settings
+from sidecar.coordination import CoordinationPolicy
 from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.ports import Clock
@@ -70,11 +71,18 @@ class App:
             settings.http.ca_cert, settings.http.timeout_seconds
         )
         refresh = settings.refresh
+        coordination = settings.coordination
         self.policy = RefreshPolicy(
             schedule=SchedulePolicy.from_config(refresh),
             backoff=BackoffPolicy.from_config(refresh),
+            coordination=CoordinationPolicy(
+                claim_seconds=coordination.claim_seconds,
+                clock_skew_seconds=coordination.clock_skew_seconds,
+                poll_seconds=coordination.poll_seconds,
+            ),
             secret_poll=refresh.secret_poll_seconds,
-            operation_timeout=max(settings.http.timeout_seconds, settings.vault.timeout_seconds),
+            operation_timeout=settings.vault.timeout_seconds,
+            exchange_timeout=settings.http.timeout_seconds,
         )
         self.refreshers = [self._refresher(c) for c in settings.credentials]
 
@@ -92,6 +100,7 @@ class App:
             status=self.board.add(credential.name, required=credential.required),
             clock=self.clock,
             stop=self.stop,
+            holder=self.settings.coordination.holder,
             policy=self.policy,
             observer=self.metrics,
             journal=FileJournal(journal_dir, credential.name) if journal_dir else None,

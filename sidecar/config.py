@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ from sidecar.errors import ConfigError
 from sidecar.model import ClientAuthMethod
 
 __all__ = [
+    "CoordinationConfig",
     "CredentialConfig",
     "HttpConfig",
     "JournalConfig",
@@ -254,6 +256,22 @@ class HttpConfig(_Section):
     max_response_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
 
 
+def _default_holder() -> str:
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+class CoordinationConfig(_Section):
+    """How replicas sharing one secret take turns (see sidecar.coordination)."""
+
+    holder: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        default_factory=_default_holder,
+        description="This replica's name in claims; $POD_NAME, else the host name.",
+    )
+    claim_seconds: Annotated[float, Field(ge=5, le=3600)] = 30.0
+    clock_skew_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    poll_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+
+
 class JournalConfig(_Section):
     """Where a rotated refresh token waits until Vault holds it (a private in-memory volume)."""
 
@@ -275,6 +293,7 @@ class Settings(BaseSettings):
     refresh: RefreshConfig = RefreshConfig()
     http: HttpConfig = HttpConfig()
     journal: JournalConfig = JournalConfig()
+    coordination: CoordinationConfig = Field(default_factory=CoordinationConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
@@ -294,6 +313,15 @@ class Settings(BaseSettings):
             seen_dirs.setdefault(out, cred.name)
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _claim_outlasts_a_request(self) -> Self:
+        if self.coordination.claim_seconds <= self.http.timeout_seconds:
+            raise ValueError(
+                "coordination.claim_seconds: must be longer than http.timeout_seconds, "
+                "or no exchange could ever start"
+            )
         return self
 
     @classmethod

@@ -7,7 +7,8 @@ unit tests supply fakes.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from sidecar.model import (
     ClientCredentials,
@@ -53,11 +54,11 @@ class SecretStore(Protocol):
         """Read the current version. Raises SecretNotFound, SecretInvalid, Vault* errors."""
         ...
 
-    async def write_refresh_token(self, secret: StoredSecret, refresh_token: str) -> StoredSecret:
-        """Replace ``refresh_token`` with check-and-set on ``secret.version``.
+    async def write(self, secret: StoredSecret, data: Mapping[str, Any]) -> StoredSecret:
+        """Replace the secret's fields with ``data``, check-and-set on ``secret.version``.
 
-        Every other field of the secret is kept. Returns the secret as now stored (new
-        version). Raises CasConflict when another writer got there first.
+        Returns the secret as now stored (new version). Raises CasConflict when another writer
+        got there first; the caller builds ``data`` from what it read, keeping the user's fields.
         """
         ...
 

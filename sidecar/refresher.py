@@ -1,17 +1,25 @@
-"""One credential's refresh loop: read from Vault, exchange, persist, publish, sleep.
+"""One credential's refresh loop: read, decide, claim, exchange, persist, publish, sleep.
 
-The loop owns three pieces of state and two deadlines:
+Every cycle starts by reading the secret, because replicas sharing it take turns through it
+(see :mod:`sidecar.coordination`): a fresh shared access token is reused, a live claim of
+another replica is waited out, and only the replica that wins the check-and-set claim
+exchanges the refresh token.
 
-* ``secret``: the KV secret as last read or written (its version fences the next write);
-* ``pending``: a rotated refresh token the server issued that Vault does not hold yet;
-* ``rejected``: a refresh token the server refused (``invalid_grant``), never presented again;
-* ``next_refresh`` and ``next_write``: monotonic deadlines for the next exchange and the next
+State kept between cycles:
+
+* ``secret``: the KV secret as last read or written; its version fences the next write;
+* ``pending``: the secret as it must become after a successful exchange (rotated refresh
+  token, shared access token, claim cleared) while Vault does not hold it yet;
+* ``held``: an access token waiting for its refresh token to be persisted before publishing;
+* ``next_refresh`` and ``next_write``: monotonic deadlines for the next cycle and the next
   write-back attempt.
 
-Each wake-up does whatever is due. The order of a rotation follows R2 in DESIGN.md: the rotated
-token goes to the journal (if one is configured), then to Vault with check-and-set, and only
-then is the access token published; without a journal, publishing waits for Vault. After stop
-is requested no exchange starts, but a pending write-back keeps being retried until it lands or
+The order of a rotation follows R2 in DESIGN.md: the rotated token goes to the journal (if one
+is configured), then to Vault with check-and-set on the claim's version, and only then is the
+access token published; without a journal, publishing waits for Vault. While Vault is out of
+reach, a replica holding a pending token keeps refreshing with it from memory (no other
+replica knows that token, so R1 holds) and keeps retrying the write-back. After stop is
+requested no exchange starts, but a pending write-back keeps being retried until it lands or
 the caller's grace period runs out.
 """
 
@@ -22,19 +30,34 @@ import math
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from sidecar.backoff import BackoffPolicy, backoff_delay
+from sidecar.coordination import (
+    Action,
+    CoordinationPolicy,
+    Decision,
+    SharedAccess,
+    SharedState,
+    decide,
+    fingerprint,
+    with_claim,
+    with_release,
+    with_result,
+)
 from sidecar.errors import (
     CasConflict,
     FinalError,
     InvalidGrant,
     ResponseLost,
     ResponseLostTwice,
+    RetryableError,
     SecretInvalid,
     SidecarError,
     SinkError,
+    VaultUnavailable,
 )
 from sidecar.model import (
     ClientAuthMethod,
@@ -54,7 +77,7 @@ from sidecar.ports import (
     TokenSink,
 )
 from sidecar.redact import REDACTOR, Redactor
-from sidecar.schedule import SchedulePolicy, effective_lifetime, refresh_delay
+from sidecar.schedule import SchedulePolicy, effective_lifetime, refresh_window
 from sidecar.status import CredentialStatus, Phase
 
 __all__ = ["ClientTemplate", "RefreshPolicy", "Refresher", "client_credentials"]
@@ -63,6 +86,8 @@ log = structlog.get_logger("sidecar.refresher")
 
 #: slack added to every promise the loop makes about when it will act again (liveness).
 LIVENESS_SLACK = 30.0
+#: a write-back is retried at least this often, so a returning Vault gets the token at once.
+WRITEBACK_MAX_BACKOFF = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +132,13 @@ def client_credentials(template: ClientTemplate, secret: StoredSecret) -> Client
 class RefreshPolicy:
     schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    coordination: CoordinationPolicy = field(default_factory=CoordinationPolicy)
     secret_poll: float = 30.0
     """How often to look for a re-seeded secret after a final error."""
     operation_timeout: float = 10.0
-    """Upper bound of one Vault or token endpoint call, for the liveness promise."""
+    """Upper bound of one Vault call, for the liveness promise."""
+    exchange_timeout: float = 10.0
+    """Upper bound of one token endpoint call; a claim must have this much left to exchange."""
 
 
 class Refresher:
@@ -124,6 +152,7 @@ class Refresher:
         status: CredentialStatus,
         clock: Clock,
         stop: asyncio.Event,
+        holder: str = "sidecar",
         policy: RefreshPolicy | None = None,
         observer: RefreshObserver | None = None,
         journal: Journal | None = None,
@@ -137,6 +166,7 @@ class Refresher:
         self.status = status
         self._clock = clock
         self._stop = stop
+        self._holder = holder
         self._policy = policy or RefreshPolicy()
         self._observer = observer
         self._journal = journal
@@ -146,16 +176,16 @@ class Refresher:
         self._never = asyncio.Event()
 
         self._secret: StoredSecret | None = None
-        self._needs_read = True
-        self._pending: str | None = None
-        self._held: tuple[TokenGrant, float] | None = None
-        self._rejected: str | None = None
+        self._pending: dict[str, Any] | None = None
+        self._held: SharedAccess | None = None
+        self._published: str | None = None
+        self._rejected: set[str] = set()
         self._failures = 0
         self._write_failures = 0
         self._next_refresh = -math.inf
         self._next_write = -math.inf
         self._oneshot = False
-        self._exchanged = False
+        self._done = False
 
     @property
     def name(self) -> str:
@@ -174,7 +204,10 @@ class Refresher:
             self.status.alive_until = math.inf
 
     async def once(self) -> None:
-        """One refresh: read, exchange, persist, publish. Raises the first failure."""
+        """Make sure a fresh token is published (reusing a replica's fresh one), then return.
+
+        Raises the first failure.
+        """
         self._oneshot = True
         await self.run()
 
@@ -186,7 +219,7 @@ class Refresher:
         if self._pending is not None and now >= self._next_write:
             await self._write_back()
             return True
-        if self._stop.is_set() or (self._oneshot and self._exchanged):
+        if self._stop.is_set() or self._done:
             if self._pending is None:
                 return False
             await self._sleep(self._next_write - now, interruptible=False)
@@ -205,88 +238,231 @@ class Refresher:
         self.status.alive_until = self._clock.monotonic() + seconds + LIVENESS_SLACK
         await self._clock.wait(self._stop if interruptible else self._never, seconds)
 
-    def _promise_io(self) -> None:
-        self.status.alive_until = (
-            self._clock.monotonic() + 2 * self._policy.operation_timeout + LIVENESS_SLACK
-        )
+    def _promise_io(self, timeout: float | None = None) -> None:
+        budget = timeout if timeout is not None else self._policy.operation_timeout
+        self.status.alive_until = self._clock.monotonic() + 2 * budget + LIVENESS_SLACK
+
+    def _after(self, seconds: float) -> float:
+        return self._clock.monotonic() + max(seconds, 0.0)
 
     async def _cycle(self) -> None:
-        if self._needs_read and not await self._read():
+        if self._pending is not None:
+            # Vault does not hold our rotated token yet and no other replica knows it, so
+            # refreshing with it from memory is safe (R1); the write-back keeps being retried.
+            await self._refresh_from_memory()
             return
-        if self._pending is not None and self._clock.monotonic() >= self._next_write:
-            return  # a recovered journal entry goes to Vault before any exchange
-        assert self._secret is not None  # noqa: S101  # _read succeeded
-        token = self._pending or self._secret.refresh_token
-        if token == self._rejected:
-            self._needs_read = True
-            self._set_phase(Phase.REJECTED, "invalid_grant")
-            self._next_refresh = self._clock.monotonic() + self._policy.secret_poll
+        try:
+            secret = await self._read()
+        except SidecarError as exc:
+            self._fail(exc, "secret.read_failed")
+            return
+        if self._pending is not None:
+            return  # our result goes to Vault before anything else happens
+        state = SharedState.parse(secret.data)
+        now = self._clock.time()
+        fresh_until = self._adopt_shared(state.access)
+        decision = decide(
+            secret.refresh_token,
+            state,
+            now=now,
+            me=self._holder,
+            fresh_until=fresh_until,
+            policy=self._policy.coordination,
+        )
+        if decision.action is Action.CLAIM and fingerprint(secret.refresh_token) in self._rejected:
+            decision = Decision(Action.REJECTED)
+        if decision.action is Action.REJECTED:
+            self._report_rejected(state)
+        elif decision.action is Action.REUSE:
+            assert decision.until is not None  # noqa: S101
+            low, high = self._window(state.access)
+            self._next_refresh = self._after(
+                decision.until - now + self._rng.uniform(0, high - low)
+            )
+            self._done = self._oneshot
+        elif decision.action is Action.WAIT:
+            assert decision.until is not None  # noqa: S101
+            self._log.debug("claim.wait", until=round(decision.until - now, 3))
+            self._next_refresh = self._after(decision.until - now + self._rng.uniform(0, 0.1))
+        else:
+            await self._claim_and_exchange(secret, state)
+
+    def _window(self, access: SharedAccess | None) -> tuple[float, float]:
+        if access is None:
+            return (0.0, 0.0)
+        lifetime = max(access.expires_at - access.issued_at, 0.0)
+        return refresh_window(lifetime, self._policy.schedule)
+
+    def _adopt_shared(self, access: SharedAccess | None) -> float | None:
+        """Publish a shared access token newer than ours; return when it becomes due."""
+        if access is None:
+            return None
+        self._redactor.add(access.access_token)
+        due = access.issued_at + self._window(access)[0]
+        newer = self.status.issued_at is None or access.issued_at >= self.status.issued_at
+        if newer and self._published != access.access_token:
+            self._publish(access, reused=True)
+        return due
+
+    def _report_rejected(self, state: SharedState) -> None:
+        self._set_phase(Phase.REJECTED, "invalid_grant")
+        self.status.last_error = self.status.last_error or "invalid_grant"
+        self._next_refresh = self._after(self._policy.secret_poll)
+        if self._oneshot:
+            raise InvalidGrant(
+                "the refresh token in Vault was rejected by the authorization server; "
+                "re-seed it in Vault"
+            )
+
+    async def _claim_and_exchange(self, secret: StoredSecret, state: SharedState) -> None:
+        try:
+            client = client_credentials(self._client, secret)
+        except SecretInvalid as exc:
+            self._fail(exc, "secret.invalid")
+            return
+        self._redactor.add(client.client_secret, client.private_key)
+        claim_until = self._clock.time() + self._policy.coordination.claim_seconds
+        self._promise_io()
+        claimed_at = self._clock.monotonic()
+        try:
+            claimed = await self._store.write(
+                secret, with_claim(secret.data, holder=self._holder, until=claim_until)
+            )
+        except CasConflict:
+            self._log.debug("claim.lost_race")
+            self._next_refresh = self._after(self._rng.uniform(0.05, 0.25))
+            return
+        except SidecarError as exc:
+            self._fail(exc, "claim.failed")
+            return
+        self._secret = claimed
+        self.status.secret_version = claimed.version
+        deadline = claimed_at + self._policy.coordination.claim_seconds
+        await self._exchange_and_persist(claimed, client, state, claim_deadline=deadline)
+
+    async def _refresh_from_memory(self) -> None:
+        assert self._secret is not None and self._pending is not None  # noqa: S101
+        if self._oneshot:
+            self._next_refresh = self._next_write
             return
         try:
             client = client_credentials(self._client, self._secret)
         except SecretInvalid as exc:
             self._fail(exc, "secret.invalid")
             return
-        self._redactor.add(client.client_secret or "", client.private_key or "")
+        self._log.warning("token.refresh_from_memory")
+        await self._exchange_and_persist(self._secret, client, SharedState(), claim_deadline=None)
+
+    async def _exchange_and_persist(
+        self,
+        base: StoredSecret,
+        client: ClientCredentials,
+        state: SharedState,
+        *,
+        claim_deadline: float | None,
+    ) -> None:
+        token = str(self._pending["refresh_token"]) if self._pending else base.refresh_token
         started_mono = self._clock.monotonic()
         started_wall = self._clock.time()
         self.status.last_attempt_at = started_wall
         try:
-            grant = await self._exchange(token, client)
-        except InvalidGrant as exc:
-            self._rejected = token
-            if token == self._pending:
-                self._drop_pending()
-            self._record(exc.kind, started_mono)
-            self._fail(exc, "token.rejected")
-            return
+            grant = await self._exchange(token, client, claim_deadline)
         except SidecarError as exc:
             self._record(exc.kind, started_mono)
-            salvaged = refresh_token_from_error(exc)
-            if salvaged is not None and salvaged != token:
-                # The server rotated but its answer is unusable: keep the new token (R2).
-                self._redactor.add(salvaged)
-                self._rotate(token, salvaged, started_wall)
-                await self._write_back()
-            self._fail(exc, "token.refresh_failed")
+            await self._after_failure(base, token, state, exc, started_wall)
             return
-        self._redactor.add(grant.access_token, grant.refresh_token or "")
+        self._redactor.add(grant.access_token, grant.refresh_token)
         self._record("success", started_mono)
         self._failures = 0
-        self._exchanged = True
-        if grant.refresh_token and grant.refresh_token != token:
-            journalled = self._rotate(token, grant.refresh_token, started_wall)
-            self._held = (grant, started_wall)
-            await self._write_back()
-            if self._pending is not None and journalled:
-                self._publish_held()
-        else:
-            self._held = (grant, started_wall)
-            self._publish_held()
         lifetime = effective_lifetime(grant.expires_in, self._policy.schedule)
-        self._next_refresh = started_mono + refresh_delay(
-            lifetime, self._policy.schedule, self._rng
+        new_token = grant.refresh_token or token
+        result = with_result(
+            self._pending or base.data,
+            refresh_token=new_token,
+            grant=grant,
+            issued_at=started_wall,
+            expires_at=started_wall + lifetime,
+        )
+        access = SharedAccess.parse(result["token_sidecar"]["access"])
+        assert access is not None  # noqa: S101  # with_result wrote it
+        if new_token != token:
+            self.status.refresh_token_obtained_at = started_wall
+        if grant.refresh_expires_in is not None:
+            self.status.refresh_token_expires_at = access.refresh_expires_at
+        journalled = self._hold(base, result, new_token, started_wall)
+        self._held = access
+        await self._write_back()
+        if self._pending is not None and journalled:
+            self._publish_held()
+        low, high = refresh_window(lifetime, self._policy.schedule)
+        self._next_refresh = started_mono + self._rng.uniform(low, high)
+        self._done = self._oneshot
+
+    async def _after_failure(
+        self,
+        base: StoredSecret,
+        token: str,
+        state: SharedState,
+        exc: SidecarError,
+        started_wall: float,
+    ) -> None:
+        salvaged = refresh_token_from_error(exc)
+        if salvaged is not None and salvaged != token:
+            # The server rotated but its answer is unusable: keep the new token (R2).
+            self._redactor.add(salvaged)
+            data = {**(self._pending or base.data), "refresh_token": salvaged}
+            self._hold(base, with_release(data), salvaged, started_wall)
+            await self._write_back()
+            self._fail(exc, "token.refresh_failed")
+            return
+        if isinstance(exc, InvalidGrant | ResponseLostTwice):
+            # Whatever Vault holds is spent too when the refused token was our pending one.
+            self._rejected.update({fingerprint(token), fingerprint(base.refresh_token)})
+            if self._pending is not None:
+                self._drop_pending()
+            release = with_release(base.data, rejected=fingerprint(base.refresh_token))
+        elif isinstance(exc, RetryableError):
+            failures = state.failures + 1
+            wait = backoff_delay(failures, self._policy.backoff, self._rng, exc.retry_after)
+            release = with_release(
+                base.data, next_attempt_at=self._clock.time() + wait, failures=failures
+            )
+        else:
+            wait = max(self._policy.secret_poll, self._policy.backoff.initial)
+            release = with_release(base.data, next_attempt_at=self._clock.time() + wait)
+        if self._pending is None:
+            await self._release(base, release)
+        self._fail(
+            exc, "token.rejected" if isinstance(exc, InvalidGrant) else "token.refresh_failed"
         )
 
-    async def _read(self) -> bool:
+    async def _release(self, base: StoredSecret, data: dict[str, Any]) -> None:
+        """Give up the claim and share the failure; best effort (the claim expires anyway)."""
         self._promise_io()
         try:
-            secret = await self._store.read()
+            self._secret = await self._store.write(base, data)
+            self.status.secret_version = self._secret.version
         except SidecarError as exc:
-            self._fail(exc, "secret.read_failed")
-            return False
-        self._redactor.add(secret.refresh_token, secret.client_secret or "")
+            self._log.warning("claim.release_failed", error=exc.kind)
+
+    async def _read(self) -> StoredSecret:
+        self._promise_io()
+        secret = await self._store.read()
+        self._redactor.add(secret.refresh_token, secret.client_secret)
         changed = self._secret is None or secret.version != self._secret.version
+        previous = self._secret
         self._secret = secret
-        self._needs_read = False
         self.status.secret_version = secret.version
         if changed:
-            self._log.info("secret.read", location=secret.location, version=secret.version)
+            self._log.debug("secret.read", location=secret.location, version=secret.version)
         self._recover_journal(secret)
-        if self._rejected is not None and secret.refresh_token != self._rejected:
+        if (
+            previous is not None
+            and previous.refresh_token != secret.refresh_token
+            and fingerprint(previous.refresh_token) in self._rejected
+        ):
             self._log.info("secret.reseeded", version=secret.version)
-            self._rejected = None
-        return True
+        return secret
 
     def _recover_journal(self, secret: StoredSecret) -> None:
         """Reconcile a journalled token with what Vault holds (after a crash or restart)."""
@@ -301,7 +477,9 @@ class Refresher:
         elif secret.version == entry.base_version:
             # Vault still holds the token this one was rotated from: that one is spent.
             self._log.warning("journal.recovered", base_version=entry.base_version)
-            self._pending = entry.refresh_token
+            self._pending = with_release(
+                {**secret.data, "refresh_token": entry.refresh_token},
+            )
             self.status.writeback_pending = True
             self._next_write = -math.inf
         else:
@@ -310,58 +488,69 @@ class Refresher:
             )
             self._journal.clear()
 
-    async def _exchange(self, token: str, client: ClientCredentials) -> TokenGrant:
-        self._promise_io()
+    async def _exchange(
+        self, token: str, client: ClientCredentials, claim_deadline: float | None
+    ) -> TokenGrant:
+        self._check_claim(claim_deadline)
+        self._promise_io(self._policy.exchange_timeout)
         try:
             return await self._exchanger.refresh(token, client)
         except ResponseLost:
             # R1's one exception: the very same request, once, immediately.
             self._log.warning("token.response_lost", action="retry_once")
-            self._promise_io()
+            self._check_claim(claim_deadline)
+            self._promise_io(self._policy.exchange_timeout)
             try:
                 return await self._exchanger.refresh(token, client)
             except ResponseLost as exc:
-                # Twice without an answer: the server may have rotated; never present it again.
-                self._rejected = token
                 raise ResponseLostTwice(
                     "the token endpoint's answer was lost twice; the refresh token may be spent "
                     "and will not be presented again until Vault holds a new one"
                 ) from exc
 
-    def _rotate(self, old: str, new: str, when: float) -> bool:
-        """Hold the rotated token as pending; return whether the journal holds it durably."""
-        assert self._secret is not None  # noqa: S101
-        self._pending = new
-        journalled = False
+    def _check_claim(self, claim_deadline: float | None) -> None:
+        """Present a token only while the claim outlasts the request (a stalled replica stops)."""
+        if claim_deadline is None:
+            return
+        left = claim_deadline - self._clock.monotonic()
+        if left < self._policy.exchange_timeout:
+            raise VaultUnavailable(
+                f"the claim on the secret has {max(left, 0):.1f}s left, less than one request "
+                "timeout; not presenting the refresh token"
+            )
+
+    def _hold(self, base: StoredSecret, result: dict[str, Any], token: str, when: float) -> bool:
+        """Keep the result as pending; return whether the journal holds the token durably."""
+        self._pending = result
         self._next_write = -math.inf
         self._write_failures = 0
         self.status.writeback_pending = True
-        self.status.refresh_token_obtained_at = when
-        if self._journal is not None:
-            base = self._secret.version
-            try:
-                self._journal.save(JournalEntry(self._secret.location, base, new, when))
-                journalled = True
-            except SinkError as exc:
-                self._log.error("journal.write_failed", error=exc.kind, message=exc.message)
-        if old != self._secret.refresh_token:
-            self._redactor.discard(old)
-        return journalled
+        if self._journal is None:
+            return False
+        try:
+            self._journal.save(JournalEntry(base.location, base.version, token, when))
+        except SinkError as exc:
+            self._log.error("journal.write_failed", error=exc.kind, message=exc.message)
+            return False
+        return True
 
     async def _write_back(self) -> None:
         assert self._secret is not None and self._pending is not None  # noqa: S101
         self._promise_io()
         try:
-            stored = await self._store.write_refresh_token(self._secret, self._pending)
+            stored = await self._store.write(self._secret, self._pending)
         except CasConflict:
             await self._resolve_conflict()
             return
         except SidecarError as exc:
             self._write_failures += 1
-            delay = backoff_delay(
-                self._write_failures, self._policy.backoff, self._rng, exc.retry_after
+            delay = min(
+                backoff_delay(self._write_failures, self._policy.backoff, self._rng),
+                WRITEBACK_MAX_BACKOFF,
             )
-            self._next_write = self._clock.monotonic() + delay
+            if exc.retry_after is not None:
+                delay = max(delay, min(exc.retry_after, self._policy.backoff.max_retry_after))
+            self._next_write = self._after(delay)
             self._log.error(
                 "writeback.failed",
                 error=exc.kind,
@@ -369,8 +558,6 @@ class Refresher:
                 attempt=self._write_failures,
                 retry_in=round(delay, 3),
             )
-            if self._oneshot and isinstance(exc, FinalError) and self._stop.is_set():
-                raise
             return
         self._log.info("writeback.succeeded", version=stored.version)
         self._adopt(stored)
@@ -382,21 +569,25 @@ class Refresher:
             fresh = await self._store.read()
         except SidecarError as exc:
             self._write_failures += 1
-            self._next_write = self._clock.monotonic() + backoff_delay(
-                self._write_failures, self._policy.backoff, self._rng, exc.retry_after
+            self._next_write = self._after(
+                min(
+                    backoff_delay(self._write_failures, self._policy.backoff, self._rng),
+                    WRITEBACK_MAX_BACKOFF,
+                )
             )
+            self._log.warning("writeback.conflict_unresolved", error=exc.kind)
             return
-        if fresh.refresh_token == self._pending:
+        if fresh.refresh_token == self._pending.get("refresh_token"):
             self._adopt(fresh)
             return
         self._log.warning("secret.changed_externally", version=fresh.version)
         self._secret = fresh
         self.status.secret_version = fresh.version
         self._drop_pending()
-        self._next_refresh = -math.inf  # our rotation lost; refresh from the adopted token
+        self._next_refresh = -math.inf  # our rotation lost; decide again from what Vault holds
 
     def _adopt(self, stored: StoredSecret) -> None:
-        if self._secret is not None:
+        if self._secret is not None and self._secret.refresh_token != stored.refresh_token:
             self._redactor.discard(self._secret.refresh_token)
         self._secret = stored
         self.status.secret_version = stored.version
@@ -415,36 +606,40 @@ class Refresher:
             self._journal.clear()
 
     def _publish_held(self) -> None:
-        if self._held is None:
-            return
-        grant, issued = self._held
-        self._held = None
-        lifetime = effective_lifetime(grant.expires_in, self._policy.schedule)
-        expires = issued + lifetime
-        if expires <= self._clock.time():
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._publish(held, reused=False)
+
+    def _publish(self, access: SharedAccess, *, reused: bool) -> None:
+        if access.expires_at <= self._clock.time():
             return
         token = PublishedToken(
-            access_token=grant.access_token,
-            token_type=grant.token_type,
-            issued_at=datetime.fromtimestamp(issued, tz=UTC),
-            expires_at=datetime.fromtimestamp(expires, tz=UTC),
-            scope=grant.scope,
+            access_token=access.access_token,
+            token_type=access.token_type,
+            issued_at=datetime.fromtimestamp(access.issued_at, tz=UTC),
+            expires_at=datetime.fromtimestamp(access.expires_at, tz=UTC),
+            scope=access.scope,
         )
         try:
             self._sink.publish(token)
         except SinkError as exc:
             self._fail(exc, "token.publish_failed")
             return
+        self._published = access.access_token
         status = self.status
-        if grant.refresh_expires_in is not None and math.isfinite(grant.refresh_expires_in):
-            status.refresh_token_expires_at = issued + grant.refresh_expires_in
+        if access.refresh_expires_at is not None:
+            status.refresh_token_expires_at = access.refresh_expires_at
         self._set_phase(Phase.VALID)
-        status.issued_at = issued
-        status.expires_at = expires
+        status.issued_at = access.issued_at
+        status.expires_at = access.expires_at
         status.last_success_at = self._clock.time()
         status.last_error = None
         status.consecutive_failures = 0
-        self._log.info("token.refreshed", expires_in=round(lifetime, 3), scope=grant.scope)
+        self._log.info(
+            "token.reused" if reused else "token.refreshed",
+            expires_in=round(access.expires_at - self._clock.time(), 3),
+            scope=access.scope,
+        )
 
     def _fail(self, exc: SidecarError, event: str) -> None:
         """Record a failure and schedule the next attempt by its class (R6)."""
@@ -454,24 +649,20 @@ class Refresher:
         status = self.status
         status.last_error = exc.kind
         status.consecutive_failures = self._failures
-        if isinstance(exc, InvalidGrant) or (
-            isinstance(exc, FinalError) and self._rejected is not None
-        ):
+        if isinstance(exc, InvalidGrant | ResponseLostTwice):
             self._set_phase(Phase.REJECTED, exc.kind)
             delay = self._policy.secret_poll
-            self._needs_read = True
         elif isinstance(exc, FinalError):
             self._set_phase(Phase.FAILED, exc.kind)
             delay = max(
                 self._policy.secret_poll,
                 backoff_delay(self._failures, self._policy.backoff, self._rng),
             )
-            self._needs_read = True
         else:
             phase = Phase.RETRYING if status.issued_at is not None else Phase.STARTING
             self._set_phase(phase, exc.kind)
             delay = backoff_delay(self._failures, self._policy.backoff, self._rng, exc.retry_after)
-        self._next_refresh = self._clock.monotonic() + delay
+        self._next_refresh = self._after(delay)
         level = "error" if isinstance(exc, FinalError) else "warning"
         getattr(self._log, level)(
             event, error=exc.kind, message=exc.message, retry_in=round(delay, 3)

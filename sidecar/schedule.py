@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from sidecar.config import RefreshConfig
 
-__all__ = ["SchedulePolicy", "effective_lifetime", "refresh_delay"]
+__all__ = ["SchedulePolicy", "effective_lifetime", "refresh_delay", "refresh_window"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +61,22 @@ def effective_lifetime(expires_in: float | None, policy: SchedulePolicy) -> floa
     return min(expires_in, policy.max_expires_in)
 
 
+def refresh_window(lifetime: float, policy: SchedulePolicy) -> tuple[float, float]:
+    """Earliest and latest refresh delay after the token was requested, before jitter is drawn.
+
+    Replicas sharing a token reuse it until the earliest point; each then wakes at its own
+    random point in the window, and the first one awake refreshes for all.
+    """
+    latest_allowed = max(lifetime - policy.min_margin, lifetime / 2)
+    low = lifetime * (policy.fraction - policy.jitter)
+    high = lifetime * (policy.fraction + policy.jitter)
+    return (
+        max(min(low, latest_allowed), policy.min_interval),
+        max(min(high, latest_allowed), policy.min_interval),
+    )
+
+
 def refresh_delay(lifetime: float, policy: SchedulePolicy, rng: random.Random) -> float:
     """Seconds after the token was requested at which to refresh it."""
-    target = lifetime * (policy.fraction + rng.uniform(-policy.jitter, policy.jitter))
-    latest = max(lifetime - policy.min_margin, lifetime / 2)
-    return max(min(target, latest), policy.min_interval)
+    low, high = refresh_window(lifetime, policy)
+    return rng.uniform(low, high)

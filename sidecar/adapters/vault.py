@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -565,20 +565,24 @@ class VaultSecretStore:
         )
         return secret_from_kv(response, self._location)
 
-    async def write_refresh_token(self, secret: StoredSecret, refresh_token: str) -> StoredSecret:
-        if not isinstance(refresh_token, str) or not refresh_token:
-            raise ValueError("refresh_token must be a non-empty string")
-        data = dict(secret.data)
-        data["refresh_token"] = refresh_token
+    async def write(self, secret: StoredSecret, data: Mapping[str, Any]) -> StoredSecret:
+        """Write ``data`` as the next version, check-and-set on ``secret.version``."""
+        payload = dict(data)
 
         def write(client: Any) -> int:
             response = client.secrets.kv.v2.create_or_update_secret(
-                path=self._path, secret=data, cas=secret.version, mount_point=self._mount
+                path=self._path, secret=payload, cas=secret.version, mount_point=self._mount
             )
             return _written_version(response)
 
         version = await self._session.call("write", write, location=self._location)
-        log.info("vault.secret_written", location=self._location, version=version)
-        return replace(
-            secret, location=self._location, version=version, refresh_token=refresh_token, data=data
+        log.debug("vault.secret_written", location=self._location, version=version)
+        return secret_from_kv(
+            {"data": {"data": payload, "metadata": {"version": version}}}, self._location
         )
+
+    async def write_refresh_token(self, secret: StoredSecret, refresh_token: str) -> StoredSecret:
+        """Replace only ``refresh_token``, keeping every other field (CAS on the version read)."""
+        if not isinstance(refresh_token, str) or not refresh_token:
+            raise ValueError("refresh_token must be a non-empty string")
+        return await self.write(secret, {**secret.data, "refresh_token": refresh_token})

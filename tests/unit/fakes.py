@@ -7,8 +7,10 @@ Every fake appends to a shared ``events`` list so tests can assert the order of 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sidecar.errors import CasConflict, SidecarError
 from sidecar.model import ClientCredentials, JournalEntry, PublishedToken, StoredSecret, TokenGrant
@@ -96,13 +98,15 @@ class FakeStore:
             raise self.fail_reads.pop(0)
         return self._secret()
 
-    async def write_refresh_token(self, secret: StoredSecret, refresh_token: str) -> StoredSecret:
-        self.events.add("write", refresh_token)
-        if self.fail_writes:
+    async def write(self, secret: StoredSecret, data: Mapping[str, Any]) -> StoredSecret:
+        shared = data.get("token_sidecar", {})
+        kind = "claim" if "claim" in shared else "write"
+        self.events.add(kind, data.get("refresh_token") if kind == "write" else None)
+        if self.fail_writes and kind == "write":
             raise self.fail_writes.pop(0)
         if secret.version != self.version:
             raise CasConflict("check-and-set parameter did not match")
-        self.data = {**self.data, "refresh_token": refresh_token}
+        self.data = dict(data)
         self.version += 1
         return self._secret()
 
@@ -180,3 +184,60 @@ class FakeJournal:
         if self.entry is not None:
             self.events.add("journal_clear")
         self.entry = None
+
+
+class VirtualClock:
+    """Shared virtual time for several loops in one event loop.
+
+    Each ``wait`` parks its caller; :meth:`run` lets every runnable task run, then wakes the
+    earliest sleeper and moves time to its deadline. A stop event set at ``until`` ends it.
+    """
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.mono = 1000.0
+        self.wall_offset = start - self.mono
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return self.mono + self.wall_offset
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        if event.is_set():
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (self.mono + max(timeout, 0.0), self._seq, future))
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait([future, waiter], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not future.done():
+                future.cancel()
+        return event.is_set()
+
+    async def run(self, until: float, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+        deadline = self.mono + until
+        for _ in range(1_000_000):
+            for _ in range(30):
+                await asyncio.sleep(0)
+            if all(t.done() for t in tasks):
+                return
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)
+            if not self._sleepers or self._sleepers[0][0] >= deadline:
+                self.mono = max(self.mono, deadline)
+                stop.set()
+                if not self._sleepers:
+                    continue
+            when, _, future = heapq.heappop(self._sleepers)
+            self.mono = max(self.mono, when)
+            future.set_result(None)
+        raise AssertionError("virtual time did not finish: a hot loop?")

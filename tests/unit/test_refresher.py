@@ -59,7 +59,7 @@ class Rig:
 def test_rotated_token_reaches_vault_before_the_access_token_is_published() -> None:
     rig = Rig()
     rig.run_for(1)
-    assert rig.events.kinds()[:5] == ["prepare", "read", "exchange", "write", "publish"]
+    assert rig.events.kinds()[:6] == ["prepare", "read", "claim", "exchange", "write", "publish"]
     assert rig.store.data["refresh_token"] == "rt-0000000002"
     assert rig.store.data["client_secret"] == "s3cret-value"
     assert rig.status.phase is Phase.STOPPED

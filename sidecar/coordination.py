@@ -1,0 +1,262 @@
+"""How replicas sharing one secret take turns: shared state in the KV secret, and the decision.
+
+Replicas of a Deployment read the same KV v2 secret. Besides the user's fields
+(``refresh_token``, ``client_id``, ...) the sidecar keeps one nested field, ``token_sidecar``::
+
+    token_sidecar:
+      claim:   {holder: "<pod>/<pid>/<random>", until: <epoch seconds>}
+      access:  {access_token, token_type, issued_at, expires_at, scope,
+                refresh_expires_at}          # the last result, shared for reuse
+      next_attempt_at: <epoch seconds>      # shared backoff after a transient failure
+      failures: <int>                       # consecutive failures, for that backoff
+      rejected: <sha256 of a refresh token the server refused or that may be spent>
+
+A refresh is a sequence of check-and-set writes on the secret's version, which is the
+fencing token (R3):
+
+1. read the secret (version ``v``);
+2. :func:`decide`: reuse the shared access token while it is fresh; wait while another
+   replica's claim is live or the shared backoff runs; stop on a rejected token; else claim;
+3. claim: write ``claim`` with CAS ``v`` -> ``v+1``. Losing the CAS means another replica
+   moved first: re-read and decide again. Winning it means nobody wrote since step 1, so the
+   state read there is still current;
+4. exchange the refresh token, but only while the claim has at least one request timeout
+   left by the local monotonic clock, so a replica that stalled past its claim never presents
+   a token that another replica may have rotated since;
+5. write the result with CAS ``v+1`` -> ``v+2``: the rotated refresh token, the shared access
+   token, the claim cleared. Other replicas wake, find a fresh access token and reuse it, so N
+   replicas cost the authorization server about one exchange per rotation period.
+
+The policy the sidecar needs is the same as for one replica: read, create and update on the
+secret's data path (``<mount>/data/<path>``), read on its metadata path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from sidecar.model import TokenGrant
+
+__all__ = [
+    "FIELD",
+    "Action",
+    "CoordinationPolicy",
+    "Decision",
+    "SharedAccess",
+    "SharedState",
+    "decide",
+    "fingerprint",
+    "with_claim",
+    "with_release",
+    "with_result",
+]
+
+FIELD = "token_sidecar"
+"""The one field of the secret that belongs to the sidecar."""
+
+
+def fingerprint(refresh_token: str) -> str:
+    """A stable, non-reversible name for a refresh token (to mark it rejected)."""
+    return hashlib.sha256(refresh_token.encode()).hexdigest()
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAccess:
+    """The access token the last successful replica obtained, for the others to reuse."""
+
+    access_token: str = field(repr=False)
+    token_type: str
+    issued_at: float
+    expires_at: float
+    scope: str | None = None
+    refresh_expires_at: float | None = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> SharedAccess | None:
+        if not isinstance(raw, Mapping):
+            return None
+        token, kind = _text(raw.get("access_token")), _text(raw.get("token_type"))
+        issued, expires = _number(raw.get("issued_at")), _number(raw.get("expires_at"))
+        if token is None or kind is None or issued is None or expires is None:
+            return None
+        return cls(
+            access_token=token,
+            token_type=kind,
+            issued_at=issued,
+            expires_at=expires,
+            scope=_text(raw.get("scope")),
+            refresh_expires_at=_number(raw.get("refresh_expires_at")),
+        )
+
+    def dump(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+        }
+        if self.scope:
+            out["scope"] = self.scope
+        if self.refresh_expires_at is not None:
+            out["refresh_expires_at"] = self.refresh_expires_at
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    claim_holder: str | None = None
+    claim_until: float | None = None
+    access: SharedAccess | None = None
+    next_attempt_at: float | None = None
+    failures: int = 0
+    rejected: str | None = None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> SharedState:
+        """Read the sidecar's field; anything malformed counts as absent, never as an error."""
+        raw = data.get(FIELD)
+        if not isinstance(raw, Mapping):
+            return cls()
+        claim_raw = raw.get("claim")
+        claim: Mapping[str, Any] = claim_raw if isinstance(claim_raw, Mapping) else {}
+        failures = raw.get("failures")
+        if not isinstance(failures, int) or isinstance(failures, bool):
+            failures = 0
+        return cls(
+            claim_holder=_text(claim.get("holder")),
+            claim_until=_number(claim.get("until")),
+            access=SharedAccess.parse(raw.get("access")),
+            next_attempt_at=_number(raw.get("next_attempt_at")),
+            failures=failures
+            if isinstance(failures, int) and not isinstance(failures, bool)
+            else 0,
+            rejected=_text(raw.get("rejected")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinationPolicy:
+    claim_seconds: float = 30.0
+    """How long a claim lasts; longer than one exchange plus one Vault write."""
+    clock_skew_seconds: float = 5.0
+    """Allowance for wall clocks that disagree between nodes when judging another's claim."""
+    poll_seconds: float = 1.0
+    """How often a waiting replica looks again while another holds the claim."""
+
+
+class Action(Enum):
+    REUSE = "reuse"
+    WAIT = "wait"
+    CLAIM = "claim"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    until: float | None = None
+    """REUSE: when the shared token becomes due; WAIT: when to look again (wall clock)."""
+
+
+def decide(
+    refresh_token: str,
+    state: SharedState,
+    *,
+    now: float,
+    me: str,
+    fresh_until: float | None,
+    policy: CoordinationPolicy,
+) -> Decision:
+    """What a replica should do with the secret it just read.
+
+    ``fresh_until`` is the earliest moment any replica would refresh the shared access token
+    (see :func:`sidecar.schedule.refresh_window`), or ``None`` when there is none.
+    """
+    if state.rejected is not None and state.rejected == fingerprint(refresh_token):
+        return Decision(Action.REJECTED)
+    if fresh_until is not None and now < fresh_until:
+        return Decision(Action.REUSE, until=fresh_until)
+    if state.claim_holder not in (None, me) and state.claim_until is not None:
+        expires = state.claim_until + policy.clock_skew_seconds
+        if now < expires:
+            return Decision(Action.WAIT, until=min(expires, now + policy.poll_seconds))
+    if state.next_attempt_at is not None and now < state.next_attempt_at:
+        return Decision(Action.WAIT, until=state.next_attempt_at)
+    return Decision(Action.CLAIM)
+
+
+def _with(data: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    raw = data.get(FIELD)
+    mine = dict(raw) if isinstance(raw, Mapping) else {}
+    for key, value in changes.items():
+        if value is None:
+            mine.pop(key, None)
+        else:
+            mine[key] = value
+    return {**data, FIELD: mine}
+
+
+def with_claim(data: Mapping[str, Any], *, holder: str, until: float) -> dict[str, Any]:
+    return _with(data, claim={"holder": holder, "until": until})
+
+
+def with_result(
+    data: Mapping[str, Any],
+    *,
+    refresh_token: str,
+    grant: TokenGrant,
+    issued_at: float,
+    expires_at: float,
+) -> dict[str, Any]:
+    """The secret after a successful exchange: new refresh token, shared access, no claim."""
+    refresh_expires = (
+        issued_at + grant.refresh_expires_in
+        if grant.refresh_expires_in is not None and math.isfinite(grant.refresh_expires_in)
+        else None
+    )
+    access = SharedAccess(
+        access_token=grant.access_token,
+        token_type=grant.token_type,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        scope=grant.scope,
+        refresh_expires_at=refresh_expires,
+    )
+    updated = _with(
+        data, claim=None, access=access.dump(), next_attempt_at=None, failures=None, rejected=None
+    )
+    updated["refresh_token"] = refresh_token
+    return updated
+
+
+def with_release(
+    data: Mapping[str, Any],
+    *,
+    next_attempt_at: float | None = None,
+    failures: int | None = None,
+    rejected: str | None = None,
+) -> dict[str, Any]:
+    """The secret after a failed exchange: the claim released, backoff or rejection shared."""
+    return _with(
+        data,
+        claim=None,
+        next_attempt_at=next_attempt_at,
+        failures=failures,
+        rejected=rejected,
+    )

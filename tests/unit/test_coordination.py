@@ -1,0 +1,182 @@
+"""Replicas sharing one secret, on virtual time: one exchange per period, no token reused."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+
+from sidecar.coordination import (
+    Action,
+    CoordinationPolicy,
+    SharedState,
+    decide,
+    fingerprint,
+    with_claim,
+    with_release,
+)
+from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy
+from sidecar.schedule import SchedulePolicy
+from sidecar.status import CredentialStatus, Phase
+from tests.unit.fakes import Events, FakeExchanger, FakeSink, FakeStore, VirtualClock
+
+POLICY = CoordinationPolicy(claim_seconds=30, clock_skew_seconds=5, poll_seconds=1)
+
+
+def test_decide_reuses_a_fresh_shared_token() -> None:
+    decision = decide("rt", SharedState(), now=100, me="a", fresh_until=120, policy=POLICY)
+    assert decision.action is Action.REUSE
+    assert decision.until == 120
+
+
+def test_decide_waits_for_a_live_claim_of_another_replica() -> None:
+    state = SharedState.parse(with_claim({}, holder="b", until=110))
+    assert decide("rt", state, now=100, me="a", fresh_until=None, policy=POLICY).action is (
+        Action.WAIT
+    )
+    # expired past the skew allowance: take over
+    assert decide("rt", state, now=116, me="a", fresh_until=None, policy=POLICY).action is (
+        Action.CLAIM
+    )
+    # its own claim (a restarted container) does not block it
+    assert decide("rt", state, now=100, me="b", fresh_until=None, policy=POLICY).action is (
+        Action.CLAIM
+    )
+
+
+def test_decide_honours_shared_backoff_and_rejection() -> None:
+    backoff = SharedState.parse(with_release({}, next_attempt_at=200, failures=3))
+    wait = decide("rt", backoff, now=100, me="a", fresh_until=None, policy=POLICY)
+    assert wait.action is Action.WAIT
+    assert wait.until == 200
+    rejected = SharedState.parse(with_release({}, rejected=fingerprint("rt")))
+    assert decide("rt", rejected, now=100, me="a", fresh_until=None, policy=POLICY).action is (
+        Action.REJECTED
+    )
+    # an operator re-seed (a different token) clears it
+    assert decide("rt2", rejected, now=100, me="a", fresh_until=None, policy=POLICY).action is (
+        Action.CLAIM
+    )
+
+
+def test_malformed_shared_state_counts_as_absent() -> None:
+    for junk in ("x", 1, {"claim": "x", "access": {"access_token": 1}, "failures": "many"}):
+        assert SharedState.parse({"token_sidecar": junk}) == SharedState()
+
+
+class Fleet:
+    def __init__(self, replicas: int, *, expires_in: float = 30.0) -> None:
+        self.events = Events()
+        self.clock = VirtualClock()
+        self.stop = asyncio.Event()
+        self.store = FakeStore(self.events, client_id="demo", client_secret="s3cret-value")
+        self.exchanger = FakeExchanger(self.events, expires_in=expires_in)
+        self.sinks = [FakeSink(self.events) for _ in range(replicas)]
+        self.statuses = [CredentialStatus(name="demo") for _ in range(replicas)]
+        policy = RefreshPolicy(
+            schedule=SchedulePolicy(min_margin=5.0),
+            coordination=POLICY,
+            secret_poll=30.0,
+            operation_timeout=5.0,
+            exchange_timeout=5.0,
+        )
+        self.refreshers = [
+            Refresher(
+                store=self.store,
+                exchanger=self.exchanger,
+                sink=sink,
+                client=ClientTemplate(),
+                status=status,
+                clock=self.clock,
+                stop=self.stop,
+                holder=f"replica-{i}",
+                policy=policy,
+                rng=random.Random(i),
+            )
+            for i, (sink, status) in enumerate(zip(self.sinks, self.statuses, strict=True))
+        ]
+
+    def run_for(self, seconds: float) -> None:
+        async def main() -> None:
+            tasks = [asyncio.create_task(r.run()) for r in self.refreshers]
+            await self.clock.run(seconds, self.stop, tasks)
+            await asyncio.gather(*tasks)
+
+        asyncio.run(main())
+
+
+def test_replicas_share_one_exchange_per_rotation_period() -> None:
+    fleet = Fleet(5, expires_in=30)
+    fleet.run_for(600)
+    presented = fleet.exchanger.presented
+    assert len(presented) == len(set(presented)), "a refresh token was presented twice"
+    # one replica alone would refresh every ~20 s: 30 times in 600 s
+    assert 27 <= len(presented) <= 36
+    for sink in fleet.sinks:
+        published = sink.published
+        assert len(published) >= 25
+        for earlier, later in itertools.pairwise(published):
+            assert later.issued_at < earlier.expires_at  # never a gap without a valid token
+    assert fleet.store.data["refresh_token"] in fleet.exchanger.valid
+
+
+def test_rejection_is_shared_so_replicas_stop_together() -> None:
+    fleet = Fleet(3)
+    fleet.exchanger.valid = set()
+    fleet.run_for(120)
+    assert fleet.exchanger.presented == ["rt-0000000001"]
+    assert all(s.last_error == "invalid_grant" for s in fleet.statuses)
+
+
+def test_shared_backoff_limits_the_fleet_to_one_attempt_at_a_time() -> None:
+    from sidecar.errors import TokenEndpointUnavailable  # noqa: PLC0415
+
+    fleet = Fleet(5)
+    fleet.exchanger.script = [TokenEndpointUnavailable("503")] * 8
+    fleet.run_for(300)
+    failures = 8
+    # with shared backoff, 5 replicas make about as many attempts as one would
+    assert len(fleet.exchanger.presented) <= failures + 12
+    assert len(set(fleet.exchanger.presented)) == len(fleet.exchanger.presented) - failures
+
+
+def test_a_replica_stalled_past_its_claim_never_presents_the_token() -> None:
+    events = Events()
+    clock = VirtualClock()
+    stop = asyncio.Event()
+    store = FakeStore(events, client_id="demo", client_secret="s3cret-value")
+    exchanger = FakeExchanger(events)
+    original_write = store.write
+
+    async def stall_after_claiming(secret, data):  # type: ignore[no-untyped-def]
+        stored = await original_write(secret, data)
+        if "claim" in data.get("token_sidecar", {}):
+            clock.advance(40)  # paused (GC, SIGSTOP, partition) right after winning the claim
+        return stored
+
+    store.write = stall_after_claiming  # type: ignore[method-assign]
+    status = CredentialStatus(name="demo")
+    refresher = Refresher(
+        store=store,
+        exchanger=exchanger,
+        sink=FakeSink(events),
+        client=ClientTemplate(),
+        status=status,
+        clock=clock,
+        stop=stop,
+        holder="stalled",
+        policy=RefreshPolicy(
+            coordination=POLICY, operation_timeout=5.0, exchange_timeout=5.0, secret_poll=30
+        ),
+        rng=random.Random(1),
+    )
+
+    async def main() -> None:
+        task = asyncio.create_task(refresher.run())
+        await clock.run(5, stop, [task])
+        await task
+
+    asyncio.run(main())
+    assert exchanger.presented == []
+    assert status.phase is Phase.STOPPED
+    assert status.last_error == "vault_unavailable"
