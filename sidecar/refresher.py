@@ -180,6 +180,7 @@ class Refresher:
         self._held: SharedAccess | None = None
         self._published: str | None = None
         self._rejected: set[str] = set()
+        self._written_version: int | None = None
         self._failures = 0
         self._write_failures = 0
         self._next_refresh = -math.inf
@@ -253,6 +254,15 @@ class Refresher:
             return
         try:
             secret = await self._read()
+        except VaultUnavailable as exc:
+            if self._last_writer():
+                # R6: Vault being down never stops refreshes from the token in memory. This
+                # replica wrote the version it holds, so no other replica has moved since.
+                self._log.warning("secret.read_failed", error=exc.kind, message=exc.message)
+                await self._refresh_from_memory()
+                return
+            self._fail(exc, "secret.read_failed")
+            return
         except SidecarError as exc:
             self._fail(exc, "secret.read_failed")
             return
@@ -336,13 +346,18 @@ class Refresher:
             self._fail(exc, "claim.failed")
             return
         self._secret = claimed
+        self._written_version = claimed.version
         self.status.secret_version = claimed.version
         deadline = claimed_at + self._policy.coordination.claim_seconds
         await self._exchange_and_persist(claimed, client, state, claim_deadline=deadline)
 
+    def _last_writer(self) -> bool:
+        """Whether the secret as this replica last saw it is its own write."""
+        return self._secret is not None and self._secret.version == self._written_version
+
     async def _refresh_from_memory(self) -> None:
-        assert self._secret is not None and self._pending is not None  # noqa: S101
-        if self._oneshot:
+        assert self._secret is not None  # noqa: S101
+        if self._oneshot and self._pending is not None:
             self._next_refresh = self._next_write
             return
         try:
@@ -441,6 +456,7 @@ class Refresher:
         self._promise_io()
         try:
             self._secret = await self._store.write(base, data)
+            self._written_version = self._secret.version
             self.status.secret_version = self._secret.version
         except SidecarError as exc:
             self._log.warning("claim.release_failed", error=exc.kind)
@@ -590,6 +606,7 @@ class Refresher:
         if self._secret is not None and self._secret.refresh_token != stored.refresh_token:
             self._redactor.discard(self._secret.refresh_token)
         self._secret = stored
+        self._written_version = stored.version
         self.status.secret_version = stored.version
         self._pending = None
         self._write_failures = 0

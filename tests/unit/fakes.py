@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sidecar.errors import CasConflict, SidecarError
+from sidecar.errors import CasConflict, SidecarError, VaultUnavailable
 from sidecar.model import ClientCredentials, JournalEntry, PublishedToken, StoredSecret, TokenGrant
 
 
@@ -77,6 +77,7 @@ class FakeStore:
         self.version = 1
         self.fail_reads: list[SidecarError] = []
         self.fail_writes: list[SidecarError] = []
+        self.down = False
 
     def _secret(self) -> StoredSecret:
         return StoredSecret(
@@ -94,6 +95,8 @@ class FakeStore:
 
     async def read(self) -> StoredSecret:
         self.events.add("read", self.version)
+        if self.down:
+            raise VaultUnavailable("sealed")
         if self.fail_reads:
             raise self.fail_reads.pop(0)
         return self._secret()
@@ -102,6 +105,8 @@ class FakeStore:
         shared = data.get("token_sidecar", {})
         kind = "claim" if "claim" in shared else "write"
         self.events.add(kind, data.get("refresh_token") if kind == "write" else None)
+        if self.down:
+            raise VaultUnavailable("sealed")
         if self.fail_writes and kind == "write":
             raise self.fail_writes.pop(0)
         if secret.version != self.version:

@@ -254,3 +254,26 @@ def test_rotated_token_in_a_malformed_answer_is_kept() -> None:
     assert rig.store.data["refresh_token"] != "rt-0000000001"
     assert rig.exchanger.presented[:2] == ["rt-0000000001", "rt-salvaged-01"]
     assert rig.sink.published
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_vault_outage_never_stops_refreshes_from_memory(journal: bool) -> None:
+    rig = Rig(journal=journal, expires_in=30)
+
+    def outage(token: str) -> None:
+        count = len(rig.exchanger.presented)
+        if count == 3:
+            rig.store.down = True
+        if count == 9:
+            rig.store.down = False
+
+    rig.exchanger.script = [outage] * 100
+    rig.run_for(300)
+    presented = rig.exchanger.presented
+    assert len(presented) == len(set(presented))
+    assert len(presented) >= 13  # one every ~20 s, outage or not
+    if journal:  # without a journal, publishing waits for Vault (R2)
+        for earlier, later in itertools.pairwise(rig.sink.published):
+            assert later.issued_at < earlier.expires_at
+    assert rig.store.data["refresh_token"] in rig.exchanger.valid
+    assert rig.status.writeback_pending is False
