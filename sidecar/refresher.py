@@ -292,8 +292,13 @@ class Refresher:
             self._done = self._oneshot
         elif decision.action is Action.WAIT:
             assert decision.until is not None  # noqa: S101
-            self._log.debug("claim.wait", until=round(decision.until - now, 3))
-            self._next_refresh = self._after(decision.until - now + self._rng.uniform(0, 0.1))
+            wait = decision.until - now
+            if state.access is not None and state.claim_holder not in (None, self._holder):
+                # Look again soon enough to pick up the claimant's result well before expiry.
+                lifetime = state.access.expires_at - state.access.issued_at
+                wait = min(wait, max(lifetime * 0.05, 0.05))
+            self._log.debug("claim.wait", seconds=round(wait, 3))
+            self._next_refresh = self._after(wait * self._rng.uniform(1.0, 1.2))
         else:
             await self._claim_and_exchange(secret, state)
 

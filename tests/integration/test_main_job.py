@@ -8,193 +8,26 @@ spent one is presented, so any reuse fails these tests.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.support.idp import IdpServer
-from tests.support.openbao import OpenBaoServer
+from tests.support.deployment import (
+    KV_PATH,
+    Deployment,
+    Reader,
+    assert_vault_holds_the_live_token,
+    free_port,
+    idp_secret,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-ROLE = "e2e"
-KV_PATH = "apps/e2e/billing"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Deployment:
-    """Everything a platform engineer would set up, plus handles to inspect the result."""
-
-    openbao: OpenBaoServer
-    idp: IdpServer
-    root: Path
-    seeded: str
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def output_dir(self) -> Path:
-        return self.root / "tokens" / "billing"
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "sidecar.log"
-
-    def write_config(self, **credential_overrides: Any) -> None:
-        credential: dict[str, Any] = {
-            "name": "billing",
-            "kv_path": KV_PATH,
-            "token_endpoint": self.idp.token_endpoint,
-            "client_auth": "client_secret_basic",
-            "output_dir": str(self.output_dir),
-            **credential_overrides,
-        }
-        config = {
-            "vault": {
-                "address": self.openbao.address,
-                "auth": {
-                    "method": "kubernetes",
-                    "role": ROLE,
-                    "jwt_file": str(self.root / "sa-token"),
-                },
-            },
-            "credentials": [credential],
-            "server": {"address": f"127.0.0.1:{self.port}"},
-            "log": {"level": "debug", "format": "json"},
-            "journal": {"dir": str(self.root / "journal")},
-            "refresh": {
-                "min_margin_seconds": 1,
-                "ready_margin_seconds": 1,
-                "shutdown_grace_seconds": 5,
-            },
-        }
-        self.config_path.write_text(yaml.safe_dump(config))
-
-    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sidecar", "--config", str(self.config_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=clean_env(),
-            check=False,
-        )
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=log,
-            env=clean_env(),
-        )
-        log.close()
-
-    def stop(self, timeout: float = 10) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
-
-    def vault_secret(self) -> tuple[dict[str, Any], int]:
-        return self.openbao.read_secret(KV_PATH)
-
-    def logs(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("TOKEN_SIDECAR_", "VAULT_"))}
-
-
-@pytest.fixture
-def deployment(openbao: OpenBaoServer, idp: IdpServer, tmp_path: Path) -> Iterator[Deployment]:
-    idp.set_ttl(access_token=4)
-    policy = openbao.write_kv_policy("e2e-billing", KV_PATH)
-    openbao.create_role(ROLE, [policy])
-    (tmp_path / "sa-token").write_text(openbao.mint_sa_jwt())
-    seeded = idp.seed_refresh_token("client-basic")
-    openbao.put_secret(
-        KV_PATH,
-        {
-            "refresh_token": seeded,
-            "client_id": "client-basic",
-            "client_secret": idp.client_secret("client-basic"),
-            "owner": "team-billing",
-        },
-    )
-    dep = Deployment(openbao=openbao, idp=idp, root=tmp_path, seeded=seeded)
-    dep.write_config()
-    yield dep
-    if dep.process is not None and dep.process.poll() is None:
-        dep.process.kill()
-        dep.process.wait(timeout=10)
-
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
-class Reader(threading.Thread):
-    """An app that reads its token files as fast as it can and records anything wrong."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(daemon=True)
-        self.directory = directory
-        self.stopping = threading.Event()
-        self.problems: list[str] = []
-        self.reads = 0
-        self.tokens: set[str] = set()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                token = (self.directory / "access_token").read_text()
-                doc = json.loads((self.directory / "token.json").read_text())
-            except FileNotFoundError:
-                continue
-            except json.JSONDecodeError as exc:
-                self.problems.append(f"torn token.json: {exc}")
-                continue
-            self.reads += 1
-            self.tokens.add(token)
-            if not token or token != token.strip():
-                self.problems.append("access_token empty or padded")
-            expires = datetime.fromisoformat(doc["expires_at"].replace("Z", "+00:00"))
-            if expires <= datetime.now(tz=UTC):
-                self.problems.append(f"expired token published: {doc['expires_at']}")
-            if set(doc) - {"access_token", "token_type", "expires_at", "issued_at", "scope"}:
-                self.problems.append(f"unexpected keys {sorted(doc)}")
 
 
 def test_run_keeps_a_valid_token_through_many_rotations(deployment: Deployment) -> None:
@@ -268,24 +101,6 @@ def test_run_keeps_a_valid_token_through_many_rotations(deployment: Deployment) 
     for secret in [dep.seeded, data["refresh_token"], *reader.tokens]:
         assert secret not in logs
     assert idp_secret(dep) not in logs
-
-
-def assert_vault_holds_the_live_token(dep: Deployment) -> None:
-    """Present Vault's refresh token once, as the next replica would: it must be accepted."""
-    data, _ = dep.vault_secret()
-    response = httpx.post(
-        dep.idp.token_endpoint,
-        data={"grant_type": "refresh_token", "refresh_token": data["refresh_token"]},
-        auth=("client-basic", idp_secret(dep)),
-    )
-    assert response.status_code == 200, response.text
-    assert dep.idp.stats()["refresh_token_reuse"] == 0
-
-
-def idp_secret(dep: Deployment) -> str:
-    secret = dep.idp.client_secret("client-basic")
-    assert secret
-    return secret
 
 
 def test_once_writes_the_files_and_the_rotated_token(deployment: Deployment) -> None:
