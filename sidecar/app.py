@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import structlog
@@ -62,6 +63,8 @@ class App:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.stop = asyncio.Event()
+        #: credentials whose rotated token was still not in Vault when the grace ran out.
+        self.abandoned: list[str] = []
         self.board = StatusBoard()
         self.metrics = Metrics(
             self.board, time=self.clock.time, ready_margin=settings.refresh.ready_margin_seconds
@@ -126,12 +129,12 @@ class App:
         )
         try:
             with self._signals():
-                await self._supervise()
+                await self._supervise(Refresher.run)
         finally:
             await server.close()
             await self.close()
         log.info("sidecar.stopped")
-        return 0
+        return 1 if self.abandoned else 0
 
     async def once(self) -> int:
         """One refresh per credential; 0 when every one succeeded, else 1."""
@@ -148,44 +151,40 @@ class App:
 
         try:
             with self._signals():
-                async with asyncio.TaskGroup() as tasks:
-                    for refresher in self.refreshers:
-                        tasks.create_task(one(refresher), name=f"once:{refresher.name}")
-                    tasks.create_task(self._enforce_grace(), name="grace")
-                    tasks.create_task(self._stop_when_done(), name="done")
+                await self._supervise(one, stop_when_done=True)
         finally:
             await self.close()
-        return 1 if failed else 0
+        return 1 if failed or self.abandoned else 0
 
-    async def _supervise(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            for refresher in self.refreshers:
-                tasks.create_task(refresher.run(), name=f"refresher:{refresher.name}")
-            tasks.create_task(self._enforce_grace(), name="grace")
+    async def _supervise(
+        self,
+        work: Callable[[Refresher], Coroutine[Any, Any, None]],
+        *,
+        stop_when_done: bool = False,
+    ) -> None:
+        """One task per credential in one task group, plus the shutdown grace keeper."""
+        async with asyncio.TaskGroup() as group:
+            workers = [
+                group.create_task(work(r), name=f"refresher:{r.name}") for r in self.refreshers
+            ]
+            group.create_task(self._enforce_grace(workers), name="grace")
+            if stop_when_done:
+                group.create_task(self._stop_when_done(workers), name="done")
 
-    async def _stop_when_done(self) -> None:
-        current = asyncio.current_task()
-        others = [
-            t for t in asyncio.all_tasks() if t.get_name().startswith("once:") and t is not current
-        ]
-        await asyncio.gather(*others, return_exceptions=True)
+    async def _stop_when_done(self, workers: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*workers, return_exceptions=True)
         self.stop.set()
 
-    async def _enforce_grace(self) -> None:
+    async def _enforce_grace(self, workers: list[asyncio.Task[None]]) -> None:
         """After stop, give pending write-backs the grace period, then cancel what is left."""
         await self.stop.wait()
         grace = self.settings.refresh.shutdown_grace_seconds
-        current = asyncio.current_task()
-        workers = [
-            t
-            for t in asyncio.all_tasks()
-            if t is not current and t.get_name().startswith(("refresher:", "once:"))
-        ]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await asyncio.gather(*workers, return_exceptions=True)
             return
         pending = [n for n, s in self.board.credentials.items() if s.writeback_pending]
+        self.abandoned = pending
         log.critical("shutdown.grace_expired", writeback_pending=pending, grace=grace)
 
     @contextlib.contextmanager
