@@ -4,13 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 IDP    := tests/support/idp
 
-.PHONY: help demo test unit integration lint fmt clean
+.PHONY: help demo test unit integration slow lint fmt clean
 
 help:
 	@echo "make demo   run the sidecar against a local OpenBao and authorization server"
 	@echo "make test   lint, type-check and run every test (what CI runs)"
 	@echo "make unit   fast unit tests only"
 	@echo "make lint   ruff, mypy --strict and the import layering contract"
+	@echo "make slow   long-running variants (a 300-iteration kill loop)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +33,10 @@ unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
 
 integration: $(VENV)/.installed $(IDP)/node_modules/.installed
-	$(PY) -m pytest -m integration
+	$(PY) -m pytest -m "integration and not slow"
+
+slow: $(VENV)/.installed $(IDP)/node_modules/.installed
+	$(PY) -m pytest -m slow
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check sidecar tests scripts
