@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 IDP    := tests/support/idp
 
-.PHONY: help demo test unit integration slow lint fmt clean
+.PHONY: help demo test unit integration slow lint fmt clean manifests chart image
 
 help:
 	@echo "make demo   run the sidecar against a local OpenBao and authorization server"
@@ -12,6 +12,9 @@ help:
 	@echo "make unit   fast unit tests only"
 	@echo "make lint   ruff, mypy --strict and the import layering contract"
 	@echo "make slow   long-running variants (a 300-iteration kill loop)"
+	@echo "make manifests  regenerate manifests/ from the chart (CI checks for drift)"
+	@echo "make chart  render and validate the Helm chart"
+	@echo "make image  build the container image (needs a Docker engine)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +46,17 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check sidecar tests scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) scripts/render_manifests.py --check
+
+manifests: $(VENV)/.installed
+	$(PY) scripts/render_manifests.py
+
+chart: $(VENV)/.installed
+	$(PY) -m pytest tests/chart
+
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' sidecar/__init__.py)
+image:
+	docker build -t token-sidecar:$(VERSION) --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) .
 
 fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff format sidecar tests scripts

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import structlog
 
+from sidecar.adapters.events import KubernetesEvents, PodRef
 from sidecar.adapters.exchange import TokenEndpoint, make_http_client
 from sidecar.adapters.journal import FileJournal
 from sidecar.adapters.server import HealthServer
@@ -29,7 +30,7 @@ from sidecar.config import CredentialConfig, Settings
 from sidecar.coordination import CoordinationPolicy
 from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
-from sidecar.ports import Clock
+from sidecar.ports import Clock, RefreshObserver
 from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy, client_credentials
 from sidecar.schedule import SchedulePolicy
 from sidecar.status import StatusBoard
@@ -37,6 +38,21 @@ from sidecar.status import StatusBoard
 __all__ = ["App", "CheckResult"]
 
 log = structlog.get_logger("sidecar.app")
+
+
+class _Observers:
+    """Hands each observer call to several observers (metrics, Events)."""
+
+    def __init__(self, *observers: RefreshObserver) -> None:
+        self._observers = observers
+
+    def refresh_finished(self, credential: str, outcome: str, seconds: float) -> None:
+        for observer in self._observers:
+            observer.refresh_finished(credential, outcome, seconds)
+
+    def phase_changed(self, credential: str, old: str, new: str, reason: str | None) -> None:
+        for observer in self._observers:
+            observer.phase_changed(credential, old, new, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +84,17 @@ class App:
         self.board = StatusBoard()
         self.metrics = Metrics(
             self.board, time=self.clock.time, ready_margin=settings.refresh.ready_margin_seconds
+        )
+        self.events: KubernetesEvents | None = None
+        if settings.events.enabled:
+            self.events = KubernetesEvents(  # PodRef raises ConfigError naming the missing env
+                PodRef.from_environ(),
+                on_result=self.metrics.event_result,
+                queue_size=settings.events.queue_size,
+                dedupe_seconds=settings.events.dedupe_seconds,
+            )
+        self.observer: RefreshObserver = (
+            _Observers(self.metrics, self.events) if self.events is not None else self.metrics
         )
         self.vault = VaultSession(settings.vault, on_request=self.metrics.vault_request)
         self.http: httpx.AsyncClient = make_http_client(
@@ -105,7 +132,7 @@ class App:
             stop=self.stop,
             holder=self.settings.coordination.holder,
             policy=self.policy,
-            observer=self.metrics,
+            observer=self.observer,
             journal=FileJournal(journal_dir, credential.name) if journal_dir else None,
         )
 
@@ -122,6 +149,8 @@ class App:
             ready_margin=self.settings.refresh.ready_margin_seconds,
         )
         await server.start()
+        if self.events is not None:
+            self.events.start()
         log.info(
             "sidecar.started",
             credentials=[r.name for r in self.refreshers],
@@ -149,6 +178,8 @@ class App:
                     "once.failed", credential=refresher.name, error=exc.kind, message=exc.message
                 )
 
+        if self.events is not None:
+            self.events.start()
         try:
             with self._signals():
                 await self._supervise(one, stop_when_done=True)
@@ -207,6 +238,8 @@ class App:
     async def close(self) -> None:
         await self.http.aclose()
         self.vault.close()
+        if self.events is not None:
+            await asyncio.to_thread(self.events.close)
 
     # -- check ------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from sidecar.model import ClientAuthMethod
 __all__ = [
     "CoordinationConfig",
     "CredentialConfig",
+    "EventsConfig",
     "HttpConfig",
     "JournalConfig",
     "LogConfig",
@@ -272,6 +273,17 @@ class CoordinationConfig(_Section):
     poll_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.0
 
 
+class EventsConfig(_Section):
+    """Kubernetes Events on the pod for final failures and recoveries.
+
+    Needs RBAC (create on events) and the downward-API env POD_NAME, POD_NAMESPACE, POD_UID.
+    """
+
+    enabled: bool = False
+    dedupe_seconds: Annotated[float, Field(ge=0, le=86_400)] = 600.0
+    queue_size: Annotated[int, Field(ge=1, le=1000)] = 32
+
+
 class JournalConfig(_Section):
     """Where a rotated refresh token waits until Vault holds it (a private in-memory volume)."""
 
@@ -294,6 +306,7 @@ class Settings(BaseSettings):
     http: HttpConfig = HttpConfig()
     journal: JournalConfig = JournalConfig()
     coordination: CoordinationConfig = Field(default_factory=CoordinationConfig)
+    events: EventsConfig = EventsConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> Self:

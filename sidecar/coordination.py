@@ -10,6 +10,7 @@ Replicas of a Deployment read the same KV v2 secret. Besides the user's fields
       next_attempt_at: <epoch seconds>      # shared backoff after a transient failure
       failures: <int>                       # consecutive failures, for that backoff
       rejected: <sha256 of a refresh token the server refused or that may be spent>
+      refresh: {fingerprint, obtained_at, expires_at}   # facts about the current refresh token
 
 A refresh is a sequence of check-and-set writes on the secret's version, which is the
 fencing token (R3):
@@ -33,7 +34,9 @@ secret's data path (``<mount>/data/<path>``), read on its metadata path.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,10 +50,12 @@ __all__ = [
     "Action",
     "CoordinationPolicy",
     "Decision",
+    "RefreshFacts",
     "SharedAccess",
     "SharedState",
     "decide",
     "fingerprint",
+    "jwt_expiry",
     "with_claim",
     "with_release",
     "with_result",
@@ -118,6 +123,49 @@ class SharedAccess:
         return out
 
 
+def jwt_expiry(token: str) -> float | None:
+    """``exp`` of a token that is a JWT (Keycloak's refresh tokens are), read without
+    verifying it: it only feeds a metric. ``None`` for opaque tokens."""
+    parts = token.split(".")
+    if len(parts) != 3:  # header.payload.signature
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return _number(payload.get("exp")) if isinstance(payload, Mapping) else None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshFacts:
+    """What is known about the refresh token in the secret, tied to it by its fingerprint."""
+
+    fingerprint: str
+    obtained_at: float | None = None
+    expires_at: float | None = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> RefreshFacts | None:
+        if not isinstance(raw, Mapping) or _text(raw.get("fingerprint")) is None:
+            return None
+        return cls(
+            fingerprint=str(raw["fingerprint"]),
+            obtained_at=_number(raw.get("obtained_at")),
+            expires_at=_number(raw.get("expires_at")),
+        )
+
+    def describes(self, refresh_token: str) -> bool:
+        return self.fingerprint == fingerprint(refresh_token)
+
+    def dump(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"fingerprint": self.fingerprint}
+        if self.obtained_at is not None:
+            out["obtained_at"] = self.obtained_at
+        if self.expires_at is not None:
+            out["expires_at"] = self.expires_at
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class SharedState:
     claim_holder: str | None = None
@@ -126,6 +174,7 @@ class SharedState:
     next_attempt_at: float | None = None
     failures: int = 0
     rejected: str | None = None
+    refresh: RefreshFacts | None = None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> SharedState:
@@ -147,6 +196,7 @@ class SharedState:
             if isinstance(failures, int) and not isinstance(failures, bool)
             else 0,
             rejected=_text(raw.get("rejected")),
+            refresh=RefreshFacts.parse(raw.get("refresh")),
         )
 
 
@@ -228,8 +278,17 @@ def with_result(
     refresh_expires = (
         issued_at + grant.refresh_expires_in
         if grant.refresh_expires_in is not None and math.isfinite(grant.refresh_expires_in)
-        else None
+        else jwt_expiry(refresh_token)
     )
+    known = SharedState.parse(data).refresh
+    if refresh_token != data.get("refresh_token"):
+        facts = RefreshFacts(fingerprint(refresh_token), issued_at, refresh_expires)
+    elif known is not None and known.describes(refresh_token):
+        facts = RefreshFacts(
+            known.fingerprint, known.obtained_at, refresh_expires or known.expires_at
+        )
+    else:
+        facts = RefreshFacts(fingerprint(refresh_token), None, refresh_expires)
     access = SharedAccess(
         access_token=grant.access_token,
         token_type=grant.token_type,
@@ -239,7 +298,13 @@ def with_result(
         refresh_expires_at=refresh_expires,
     )
     updated = _with(
-        data, claim=None, access=access.dump(), next_attempt_at=None, failures=None, rejected=None
+        data,
+        claim=None,
+        access=access.dump(),
+        next_attempt_at=None,
+        failures=None,
+        rejected=None,
+        refresh=facts.dump(),
     )
     updated["refresh_token"] = refresh_token
     return updated

@@ -1,25 +1,34 @@
 """Prometheus metrics in the sidecar's own registry.
 
-Names are a public contract (alert rules and dashboards use them); add freely, rename never.
-Every per-credential series carries ``credential``, the configured name, never a token.
+Names are a public contract (the shipped alert rules, the dashboard and users' queries use
+them); add freely, rename never. ``docs/metrics.md`` is the catalogue. Every per-credential
+series carries ``credential``, the configured name; no label value is ever derived from a
+token, a secret or a response.
 
-Events (updated as they happen, through :class:`~sidecar.ports.RefreshObserver` and the Vault
-adapter's callback):
+Events (updated as they happen, through :class:`~sidecar.ports.RefreshObserver`, the Vault
+adapter's callbacks and the Kubernetes Events adapter's callback):
 
 * ``token_sidecar_refresh_total{credential,outcome}``: refresh attempts by outcome,
   ``success`` or an error ``kind`` (``invalid_grant``, ``endpoint_unavailable``, ...);
 * ``token_sidecar_refresh_duration_seconds{credential}``: how long attempts took;
-* ``token_sidecar_vault_requests_total{operation,outcome}``.
+* ``token_sidecar_vault_requests_total{operation,outcome}`` and
+  ``token_sidecar_vault_last_success_timestamp_seconds{operation}``;
+* ``token_sidecar_vault_token_expiry_timestamp_seconds``, once the Vault adapter reports it;
+* ``token_sidecar_events_total{reason,outcome}``: Kubernetes Events sent, failed, dropped.
 
 State (computed from the :class:`~sidecar.status.StatusBoard` at scrape time, so a scrape
 always agrees with ``/healthz``):
 
-* ``token_sidecar_access_token_expiry_timestamp_seconds{credential}`` and
-  ``token_sidecar_access_token_expires_in_seconds{credential}``;
-* ``token_sidecar_last_refresh_success_timestamp_seconds{credential}``;
-* ``token_sidecar_refresh_token_expiry_timestamp_seconds{credential}``, when the server said;
+* ``token_sidecar_access_token_expiry_timestamp_seconds{credential}``,
+  ``..._expires_in_seconds`` and ``token_sidecar_access_token_issued_timestamp_seconds``;
+* ``token_sidecar_last_refresh_success_timestamp_seconds{credential}`` and
+  ``token_sidecar_last_refresh_attempt_timestamp_seconds{credential}``;
+* ``token_sidecar_refresh_token_expiry_timestamp_seconds{credential}`` and
+  ``..._expires_in_seconds``, when the server said;
+* ``token_sidecar_refresh_token_obtained_timestamp_seconds{credential}`` and
+  ``token_sidecar_refresh_token_age_seconds{credential}``, when known;
 * ``token_sidecar_writeback_pending{credential}``, ``token_sidecar_ready{credential}``,
-  ``token_sidecar_consecutive_failures{credential}``;
+  ``token_sidecar_consecutive_failures{credential}``, ``token_sidecar_secret_version{credential}``;
 * ``token_sidecar_state{credential,state}``: 1 for the credential's current phase, 0 otherwise;
 * ``token_sidecar_build_info{version}``: always 1.
 
@@ -29,6 +38,8 @@ would read as "expired in 1970".
 
 from __future__ import annotations
 
+import math
+import threading
 import time as _time
 from collections.abc import Callable, Iterator
 
@@ -37,13 +48,72 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from sidecar import __version__
-from sidecar.status import Phase, StatusBoard
+from sidecar.status import CredentialStatus, Phase, StatusBoard
 
-__all__ = ["DURATION_BUCKETS", "PREFIX", "Metrics"]
+__all__ = ["DURATION_BUCKETS", "PREFIX", "VAULT_OPERATIONS", "Metrics"]
 
 PREFIX = "token_sidecar_"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 """From a loopback refresh (about 2 ms) to the longest timeout worth waiting for."""
+
+VAULT_OPERATIONS = ("login", "lookup", "renew", "read", "write")
+"""The Vault operations whose last success is exported; others are counted only."""
+
+_SAMPLES: dict[str, tuple[str, Callable[[CredentialStatus, float], float | None]]] = {
+    # family key: (help text, value from the status and the wall time; None leaves it out)
+    "access_token_expiry_timestamp_seconds": (
+        "When the published access token expires (Unix time).",
+        lambda s, now: s.expires_at,
+    ),
+    "access_token_expires_in_seconds": (
+        "Seconds until the published access token expires; negative once expired.",
+        lambda s, now: None if s.expires_at is None else s.expires_at - now,
+    ),
+    "access_token_issued_timestamp_seconds": (
+        "When the published access token was requested (Unix time).",
+        lambda s, now: s.issued_at,
+    ),
+    "last_refresh_success_timestamp_seconds": (
+        "When the last refresh succeeded (Unix time).",
+        lambda s, now: s.last_success_at,
+    ),
+    "last_refresh_attempt_timestamp_seconds": (
+        "When the last refresh attempt started (Unix time).",
+        lambda s, now: s.last_attempt_at,
+    ),
+    "refresh_token_expiry_timestamp_seconds": (
+        "When the refresh token expires (Unix time), if the server said.",
+        lambda s, now: s.refresh_token_expires_at,
+    ),
+    "refresh_token_expires_in_seconds": (
+        "Seconds until the refresh token expires, if the server said; negative once expired.",
+        lambda s, now: (
+            None if s.refresh_token_expires_at is None else s.refresh_token_expires_at - now
+        ),
+    ),
+    "refresh_token_obtained_timestamp_seconds": (
+        "When the refresh token in use was obtained (Unix time), if known.",
+        lambda s, now: s.refresh_token_obtained_at,
+    ),
+    "refresh_token_age_seconds": (
+        "Seconds since the refresh token in use was obtained, if known.",
+        lambda s, now: (
+            None if s.refresh_token_obtained_at is None else now - s.refresh_token_obtained_at
+        ),
+    ),
+    "writeback_pending": (
+        "1 while a rotated refresh token is held in memory and not yet in Vault.",
+        lambda s, now: float(s.writeback_pending),
+    ),
+    "consecutive_failures": (
+        "Failed refresh attempts since the last success.",
+        lambda s, now: float(s.consecutive_failures),
+    ),
+    "secret_version": (
+        "KV v2 version of the credential's secret as last read or written.",
+        lambda s, now: None if s.secret_version is None else float(s.secret_version),
+    ),
+}
 
 
 class _StatusCollector:
@@ -56,44 +126,21 @@ class _StatusCollector:
 
     @staticmethod
     def _families() -> dict[str, GaugeMetricFamily]:
-        def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(PREFIX + name, doc, labels=["credential", *labels])
-
-        return {
-            "expiry": gauge(
-                "access_token_expiry_timestamp_seconds",
-                "When the published access token expires (Unix time).",
-            ),
-            "expires_in": gauge(
-                "access_token_expires_in_seconds",
-                "Seconds until the published access token expires; negative once expired.",
-            ),
-            "last_success": gauge(
-                "last_refresh_success_timestamp_seconds",
-                "When the last refresh succeeded (Unix time).",
-            ),
-            "refresh_expiry": gauge(
-                "refresh_token_expiry_timestamp_seconds",
-                "When the refresh token expires (Unix time), if the server said.",
-            ),
-            "writeback": gauge(
-                "writeback_pending",
-                "1 while a rotated refresh token is held in memory and not yet in Vault.",
-            ),
-            "failures": gauge(
-                "consecutive_failures",
-                "Failed refresh attempts since the last success.",
-            ),
-            "ready": gauge(
-                "ready",
-                "1 while the published token is valid for at least the ready margin.",
-            ),
-            "state": gauge(
-                "state",
-                "1 for the credential's current state, 0 for the others.",
-                "state",
-            ),
+        families = {
+            key: GaugeMetricFamily(PREFIX + key, doc, labels=["credential"])
+            for key, (doc, _) in _SAMPLES.items()
         }
+        families["ready"] = GaugeMetricFamily(
+            PREFIX + "ready",
+            "1 while the published token is valid for at least the ready margin.",
+            labels=["credential"],
+        )
+        families["state"] = GaugeMetricFamily(
+            PREFIX + "state",
+            "1 for the credential's current state, 0 for the others.",
+            labels=["credential", "state"],
+        )
+        return families
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families().values()
@@ -103,20 +150,38 @@ class _StatusCollector:
         now = self._time()
         # A copy: the board may gain entries while a scrape runs on another thread.
         for name, status in list(self._board.credentials.items()):
-            label = [name]
-            if status.expires_at is not None:
-                families["expiry"].add_metric(label, status.expires_at)
-                families["expires_in"].add_metric(label, status.expires_at - now)
-            if status.last_success_at is not None:
-                families["last_success"].add_metric(label, status.last_success_at)
-            if status.refresh_token_expires_at is not None:
-                families["refresh_expiry"].add_metric(label, status.refresh_token_expires_at)
-            families["writeback"].add_metric(label, float(status.writeback_pending))
-            families["failures"].add_metric(label, status.consecutive_failures)
-            families["ready"].add_metric(label, float(status.ready(now, self._ready_margin)))
+            for key, (_, read) in _SAMPLES.items():
+                sample = read(status, now)
+                if sample is not None and math.isfinite(sample):
+                    families[key].add_metric([name], sample)
+            families["ready"].add_metric([name], float(status.ready(now, self._ready_margin)))
             for phase in Phase:
                 families["state"].add_metric([name, phase.value], float(status.phase is phase))
         yield from families.values()
+
+
+class _VaultTokenCollector:
+    """The Vault token's expiry, exported only once the Vault adapter has reported one."""
+
+    def __init__(self) -> None:
+        self.expires_at: float | None = None
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            PREFIX + "vault_token_expiry_timestamp_seconds",
+            "When the sidecar's Vault token expires (Unix time); absent if it never expires.",
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        expires_at = self.expires_at
+        if expires_at is not None and math.isfinite(expires_at):
+            family.add_metric([], expires_at)
+        yield family
 
 
 class Metrics:
@@ -127,6 +192,9 @@ class Metrics:
     and absence alerts work before anything happened; credentials added to the board after
     construction get theirs at the next :meth:`render`. ``ready_margin`` should be the one
     ``/readyz`` uses, so that ``token_sidecar_ready`` agrees with it.
+
+    The callbacks (:meth:`refresh_finished`, :meth:`vault_request`, :meth:`vault_token_lease`,
+    :meth:`event_result`) are safe to call from any thread.
     """
 
     def __init__(
@@ -138,6 +206,7 @@ class Metrics:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._time = time
         self._refreshes = Counter(
             PREFIX + "refresh",
             "Refresh attempts by outcome: success or the error kind.",
@@ -157,6 +226,20 @@ class Metrics:
             ["operation", "outcome"],
             registry=self.registry,
         )
+        self._vault_last_success = Gauge(
+            PREFIX + "vault_last_success_timestamp_seconds",
+            "When a Vault request of this operation last succeeded (Unix time).",
+            ["operation"],
+            registry=self.registry,
+        )
+        self._vault_token = _VaultTokenCollector()
+        self.registry.register(self._vault_token)
+        self._events = Counter(
+            PREFIX + "events",
+            "Kubernetes Events by reason and outcome: sent, failed, dropped or suppressed.",
+            ["reason", "outcome"],
+            registry=self.registry,
+        )
         build_info = Gauge(
             PREFIX + "build_info",
             "The running version; always 1.",
@@ -167,14 +250,16 @@ class Metrics:
         self.registry.register(_StatusCollector(board, time, ready_margin))
         self._board = board
         self._initialised: set[str] = set()
+        self._lock = threading.Lock()
         self._initialise_series()
 
     def _initialise_series(self) -> None:
-        for name in list(self._board.credentials):
-            if name not in self._initialised:
-                self._refreshes.labels(name, "success")
-                self._durations.labels(name)
-                self._initialised.add(name)
+        with self._lock:
+            for name in list(self._board.credentials):
+                if name not in self._initialised:
+                    self._refreshes.labels(name, "success")
+                    self._durations.labels(name)
+                    self._initialised.add(name)
 
     def refresh_finished(self, credential: str, outcome: str, seconds: float) -> None:
         """Count one refresh attempt (``outcome`` is ``success`` or an error kind)."""
@@ -187,6 +272,16 @@ class Metrics:
     def vault_request(self, operation: str, outcome: str) -> None:
         """Count one Vault request (``login``, ``read``, ``write`` ...; ``success`` or a kind)."""
         self._vault_requests.labels(operation, outcome).inc()
+        if outcome == "success" and operation in VAULT_OPERATIONS:
+            self._vault_last_success.labels(operation).set(self._time())
+
+    def vault_token_lease(self, expires_at: float | None) -> None:
+        """The Vault token now in use expires at ``expires_at`` (wall clock; None: never)."""
+        self._vault_token.expires_at = expires_at
+
+    def event_result(self, reason: str, outcome: str) -> None:
+        """Count one Kubernetes Event (``sent``, ``failed``, ``dropped`` or ``suppressed``)."""
+        self._events.labels(reason, outcome).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for ``GET /metrics``."""

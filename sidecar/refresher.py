@@ -39,10 +39,12 @@ from sidecar.coordination import (
     Action,
     CoordinationPolicy,
     Decision,
+    RefreshFacts,
     SharedAccess,
     SharedState,
     decide,
     fingerprint,
+    jwt_expiry,
     with_claim,
     with_release,
     with_result,
@@ -181,6 +183,7 @@ class Refresher:
         self._published: str | None = None
         self._rejected: set[str] = set()
         self._written_version: int | None = None
+        self._noted_refresh_token: str | None = None
         self._failures = 0
         self._write_failures = 0
         self._next_refresh = -math.inf
@@ -356,6 +359,17 @@ class Refresher:
         deadline = claimed_at + self._policy.coordination.claim_seconds
         await self._exchange_and_persist(claimed, client, state, claim_deadline=deadline)
 
+    def _note_refresh_token(self, refresh_token: str, facts: RefreshFacts | None) -> None:
+        """Keep the refresh token's age and expiry in the status (for metrics and alerts)."""
+        if facts is not None and facts.describes(refresh_token):
+            self.status.refresh_token_obtained_at = facts.obtained_at
+            self.status.refresh_token_expires_at = facts.expires_at
+        elif refresh_token != self._noted_refresh_token:
+            # a token from elsewhere (an operator's re-seed): known from now on, expiry unknown
+            self.status.refresh_token_obtained_at = self._clock.time()
+            self.status.refresh_token_expires_at = jwt_expiry(refresh_token)
+        self._noted_refresh_token = refresh_token
+
     def _last_writer(self) -> bool:
         """Whether the secret as this replica last saw it is its own write."""
         return self._secret is not None and self._secret.version == self._written_version
@@ -405,10 +419,7 @@ class Refresher:
         )
         access = SharedAccess.parse(result["token_sidecar"]["access"])
         assert access is not None  # noqa: S101  # with_result wrote it
-        if new_token != token:
-            self.status.refresh_token_obtained_at = started_wall
-        if grant.refresh_expires_in is not None:
-            self.status.refresh_token_expires_at = access.refresh_expires_at
+        self._note_refresh_token(new_token, SharedState.parse(result).refresh)
         journalled = self._hold(base, result, new_token, started_wall)
         self._held = access
         await self._write_back()
@@ -474,6 +485,7 @@ class Refresher:
         previous = self._secret
         self._secret = secret
         self.status.secret_version = secret.version
+        self._note_refresh_token(secret.refresh_token, SharedState.parse(secret.data).refresh)
         if changed:
             self._log.debug("secret.read", location=secret.location, version=secret.version)
         self._recover_journal(secret)
@@ -649,8 +661,6 @@ class Refresher:
             return
         self._published = access.access_token
         status = self.status
-        if access.refresh_expires_at is not None:
-            status.refresh_token_expires_at = access.refresh_expires_at
         self._set_phase(Phase.VALID)
         status.issued_at = access.issued_at
         status.expires_at = access.expires_at

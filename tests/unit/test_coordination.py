@@ -180,3 +180,48 @@ def test_a_replica_stalled_past_its_claim_never_presents_the_token() -> None:
     assert exchanger.presented == []
     assert status.phase is Phase.STOPPED
     assert status.last_error == "vault_unavailable"
+
+
+def test_refresh_token_facts_follow_the_token() -> None:
+    from sidecar.coordination import jwt_expiry, with_result  # noqa: PLC0415
+    from sidecar.model import TokenGrant  # noqa: PLC0415
+
+    grant = TokenGrant("at-0123456789", "Bearer", 60, "rt-new-0001", refresh_expires_in=3600)
+    rotated = SharedState.parse(
+        with_result(
+            {"refresh_token": "rt-old-0001"},
+            refresh_token="rt-new-0001",
+            grant=grant,
+            issued_at=100,
+            expires_at=160,
+        )
+    ).refresh
+    assert rotated is not None and rotated.describes("rt-new-0001")
+    assert (rotated.obtained_at, rotated.expires_at) == (100, 3700)
+
+    same = TokenGrant("at-0123456780", "Bearer", 60, None)
+    kept = SharedState.parse(
+        with_result(
+            {"refresh_token": "rt-new-0001", "token_sidecar": {"refresh": rotated.dump()}},
+            refresh_token="rt-new-0001",
+            grant=same,
+            issued_at=200,
+            expires_at=260,
+        )
+    ).refresh
+    assert kept is not None and (kept.obtained_at, kept.expires_at) == (100, 3700)
+
+    # Keycloak-style refresh tokens are JWTs: their exp is the expiry when nothing else says
+    payload = "eyJleHAiOjE5MDAwMDAwMDB9"  # {"exp":1900000000}
+    assert jwt_expiry(f"eyJhbGciOiJIUzI1NiJ9.{payload}.c2ln") == 1_900_000_000
+    assert jwt_expiry("opaque-token-value") is None
+    assert jwt_expiry("a.!!!.c") is None
+
+
+def test_status_knows_the_refresh_token_age() -> None:
+    fleet = Fleet(1)
+    fleet.run_for(30)
+    status = fleet.statuses[0]
+    assert status.refresh_token_obtained_at is not None
+    obtained = status.refresh_token_obtained_at
+    assert obtained > fleet.clock.time() - 30

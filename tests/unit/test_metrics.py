@@ -156,6 +156,103 @@ def test_every_family_is_declared_and_prefixed() -> None:
         "token_sidecar_ready": "gauge",
         "token_sidecar_state": "gauge",
         "token_sidecar_build_info": "gauge",
+        "token_sidecar_access_token_issued_timestamp_seconds": "gauge",
+        "token_sidecar_last_refresh_attempt_timestamp_seconds": "gauge",
+        "token_sidecar_refresh_token_expires_in_seconds": "gauge",
+        "token_sidecar_refresh_token_obtained_timestamp_seconds": "gauge",
+        "token_sidecar_refresh_token_age_seconds": "gauge",
+        "token_sidecar_secret_version": "gauge",
+        "token_sidecar_vault_last_success_timestamp_seconds": "gauge",
+        "token_sidecar_vault_token_expiry_timestamp_seconds": "gauge",
+        "token_sidecar_events": "counter",
     }
     assert expected.items() <= families.items()
     assert all(name.startswith("token_sidecar_") for name in families)
+
+
+def test_token_ages_and_lifetimes_at_scrape_time() -> None:
+    board, wall, metrics = make()
+    app = board.credentials["app"]
+    unknown = scrape(metrics)
+    for name in (
+        "access_token_issued_timestamp_seconds",
+        "last_refresh_attempt_timestamp_seconds",
+        "refresh_token_expires_in_seconds",
+        "refresh_token_obtained_timestamp_seconds",
+        "refresh_token_age_seconds",
+        "secret_version",
+    ):
+        assert value(unknown, name, credential="app") is None, name
+
+    app.issued_at = NOW - 100
+    app.expires_at = NOW + 200
+    app.last_attempt_at = NOW - 100
+    app.refresh_token_obtained_at = NOW - 100
+    app.refresh_token_expires_at = NOW + 3600
+    app.secret_version = 7
+    wall.now = NOW + 50
+    samples = scrape(metrics)
+    assert value(samples, "access_token_issued_timestamp_seconds", credential="app") == NOW - 100
+    assert value(samples, "last_refresh_attempt_timestamp_seconds", credential="app") == NOW - 100
+    assert value(samples, "refresh_token_obtained_timestamp_seconds", credential="app") == (
+        NOW - 100
+    )
+    assert value(samples, "refresh_token_age_seconds", credential="app") == 150
+    assert value(samples, "refresh_token_expires_in_seconds", credential="app") == 3550
+    assert value(samples, "secret_version", credential="app") == 7
+    # The other credential knows nothing yet: its series stay absent.
+    assert value(samples, "refresh_token_age_seconds", credential="batch") is None
+
+
+def test_vault_login_state() -> None:
+    _, wall, metrics = make()
+    samples = scrape(metrics)
+    assert value(samples, "vault_token_expiry_timestamp_seconds") is None
+    assert value(samples, "vault_last_success_timestamp_seconds", operation="login") is None
+
+    metrics.vault_request("login", "success")
+    wall.now = NOW + 10
+    metrics.vault_request("login", "vault_auth_failed")
+    metrics.vault_request("read", "success")
+    metrics.vault_request("something_new", "success")
+    metrics.vault_token_lease(NOW + 3600)
+    samples = scrape(metrics)
+    last = "vault_last_success_timestamp_seconds"
+    assert value(samples, last, operation="login") == NOW
+    assert value(samples, last, operation="read") == NOW + 10
+    assert value(samples, last, operation="something_new") is None
+    assert value(samples, "vault_requests_total", operation="something_new", outcome="success")
+    assert value(samples, "vault_token_expiry_timestamp_seconds") == NOW + 3600
+
+    metrics.vault_token_lease(float("inf"))  # a token without a TTL
+    assert value(scrape(metrics), "vault_token_expiry_timestamp_seconds") is None
+    metrics.vault_token_lease(None)
+    assert value(scrape(metrics), "vault_token_expiry_timestamp_seconds") is None
+
+
+def test_kubernetes_event_outcomes() -> None:
+    _, _, metrics = make()
+    metrics.event_result("RefreshTokenRejected", "sent")
+    metrics.event_result("RefreshTokenRejected", "suppressed")
+    metrics.event_result("RefreshFailed", "failed")
+    samples = scrape(metrics)
+    total = "events_total"
+    assert value(samples, total, reason="RefreshTokenRejected", outcome="sent") == 1
+    assert value(samples, total, reason="RefreshTokenRejected", outcome="suppressed") == 1
+    assert value(samples, total, reason="RefreshFailed", outcome="failed") == 1
+
+
+def test_label_names_are_a_closed_set() -> None:
+    """Labels carry credential names, phases, operations, outcomes and versions, nothing else."""
+    board, _, metrics = make()
+    app = board.credentials["app"]
+    app.phase = Phase.REJECTED
+    app.expires_at = NOW + 10
+    metrics.refresh_finished("app", "invalid_grant", 0.01)
+    metrics.vault_request("read", "success")
+    metrics.event_result("RefreshTokenRejected", "sent")
+    body, _ = metrics.render()
+    allowed = {"credential", "outcome", "state", "le", "operation", "version", "reason"}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            assert set(sample.labels) <= allowed, sample

@@ -1,0 +1,1 @@
+"""Observability: alert rules, dashboard and metrics checked with promtool and a real Prometheus."""
