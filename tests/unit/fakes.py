@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sidecar.errors import CasConflict, SidecarError, VaultUnavailable
 from sidecar.model import ClientCredentials, JournalEntry, PublishedToken, StoredSecret, TokenGrant
+
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -246,3 +248,17 @@ class VirtualClock:
             self.mono = max(self.mono, when)
             future.set_result(None)
         raise AssertionError("virtual time did not finish: a hot loop?")
+
+
+def run_without_leaks(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` that fails when the code under test leaves tasks behind."""
+
+    async def main() -> T:
+        result = await coro
+        for _ in range(3):  # let cancelled helpers finish unwinding
+            await asyncio.sleep(0)
+        leaked = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not leaked, f"leaked tasks: {leaked}"
+        return result
+
+    return asyncio.run(main())

@@ -18,7 +18,14 @@ from sidecar.coordination import (
 from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy
 from sidecar.schedule import SchedulePolicy
 from sidecar.status import CredentialStatus, Phase
-from tests.unit.fakes import Events, FakeExchanger, FakeSink, FakeStore, VirtualClock
+from tests.unit.fakes import (
+    Events,
+    FakeExchanger,
+    FakeSink,
+    FakeStore,
+    VirtualClock,
+    run_without_leaks,
+)
 
 POLICY = CoordinationPolicy(claim_seconds=30, clock_skew_seconds=5, poll_seconds=1)
 
@@ -102,7 +109,7 @@ class Fleet:
             await self.clock.run(seconds, self.stop, tasks)
             await asyncio.gather(*tasks)
 
-        asyncio.run(main())
+        run_without_leaks(main())
 
 
 def test_replicas_share_one_exchange_per_rotation_period() -> None:
@@ -176,7 +183,7 @@ def test_a_replica_stalled_past_its_claim_never_presents_the_token() -> None:
         await clock.run(5, stop, [task])
         await task
 
-    asyncio.run(main())
+    run_without_leaks(main())
     assert exchanger.presented == []
     assert status.phase is Phase.STOPPED
     assert status.last_error == "vault_unavailable"

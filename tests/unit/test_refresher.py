@@ -19,7 +19,15 @@ from sidecar.model import JournalEntry
 from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy
 from sidecar.schedule import SchedulePolicy
 from sidecar.status import CredentialStatus, Phase
-from tests.unit.fakes import Events, FakeClock, FakeExchanger, FakeJournal, FakeSink, FakeStore
+from tests.unit.fakes import (
+    Events,
+    FakeClock,
+    FakeExchanger,
+    FakeJournal,
+    FakeSink,
+    FakeStore,
+    run_without_leaks,
+)
 
 
 class Rig:
@@ -50,7 +58,7 @@ class Rig:
 
     def run_for(self, seconds: float) -> None:
         self.clock.stop_after(seconds, self.stop)
-        asyncio.run(self.refresher.run())
+        run_without_leaks(self.refresher.run())
 
     def exchanges(self) -> list[object]:
         return [d for k, d in self.events.log if k == "exchange"]
@@ -185,7 +193,7 @@ def test_stop_starts_no_exchange_but_finishes_the_write_back() -> None:
         rig.stop.set()
 
     rig.exchanger.script = [stop_now]
-    asyncio.run(rig.refresher.run())
+    run_without_leaks(rig.refresher.run())
     assert rig.exchanger.presented == ["rt-0000000001"]
     assert rig.store.data["refresh_token"] == "rt-0000000002"
     assert rig.status.writeback_pending is False
@@ -217,16 +225,16 @@ def test_once_raises_the_failure() -> None:
     rig = Rig()
     rig.store.fail_reads = [SecretNotFound("secret/apps/demo: no secret")]
     with pytest.raises(SecretNotFound):
-        asyncio.run(rig.refresher.once())
+        run_without_leaks(rig.refresher.once())
     rig2 = Rig()
     rig2.exchanger.valid = set()
     with pytest.raises(InvalidGrant):
-        asyncio.run(rig2.refresher.once())
+        run_without_leaks(rig2.refresher.once())
 
 
 def test_once_refreshes_one_time() -> None:
     rig = Rig()
-    asyncio.run(rig.refresher.once())
+    run_without_leaks(rig.refresher.once())
     assert len(rig.exchanger.presented) == 1
     assert len(rig.sink.published) == 1
 
