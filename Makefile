@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 IDP    := tests/support/idp
 
-.PHONY: help demo test unit integration slow lint fmt clean manifests chart image
+.PHONY: help demo test unit integration slow lint fmt clean manifests chart image e2e
 
 help:
 	@echo "make demo   run the sidecar against a local OpenBao and authorization server"
@@ -15,6 +15,7 @@ help:
 	@echo "make manifests  regenerate manifests/ from the chart (CI checks for drift)"
 	@echo "make chart  render and validate the Helm chart"
 	@echo "make image  build the container image (needs a Docker engine)"
+	@echo "make e2e    end-to-end test in a kind cluster (needs Docker, kind and kubectl)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,9 @@ lint: $(VENV)/.installed
 
 manifests: $(VENV)/.installed
 	$(PY) scripts/render_manifests.py
+
+e2e: $(VENV)/.installed
+	$(PY) -m pytest -m e2e tests/e2e
 
 chart: $(VENV)/.installed
 	$(PY) -m pytest tests/chart
