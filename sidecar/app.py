@@ -13,12 +13,11 @@ import contextlib
 import signal
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
 
-from sidecar.adapters.events import KubernetesEvents, PodRef
 from sidecar.adapters.exchange import TokenEndpoint, make_http_client
 from sidecar.adapters.journal import FileJournal
 from sidecar.adapters.server import HealthServer
@@ -34,6 +33,11 @@ from sidecar.ports import Clock, RefreshObserver
 from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy, client_credentials
 from sidecar.schedule import SchedulePolicy
 from sidecar.status import StatusBoard
+
+if TYPE_CHECKING:
+    # Imported where used, only when events are enabled: the adapter and what it loads cost
+    # start-up time and memory in every pod that leaves them off (see BENCHMARKS.md).
+    from sidecar.adapters.events import KubernetesEvents
 
 __all__ = ["App", "CheckResult"]
 
@@ -87,6 +91,8 @@ class App:
         )
         self.events: KubernetesEvents | None = None
         if settings.events.enabled:
+            from sidecar.adapters.events import KubernetesEvents, PodRef  # noqa: PLC0415
+
             self.events = KubernetesEvents(  # PodRef raises ConfigError naming the missing env
                 PodRef.from_environ(),
                 on_result=self.metrics.event_result,
@@ -96,7 +102,11 @@ class App:
         self.observer: RefreshObserver = (
             _Observers(self.metrics, self.events) if self.events is not None else self.metrics
         )
-        self.vault = VaultSession(settings.vault, on_request=self.metrics.vault_request)
+        self.vault = VaultSession(
+            settings.vault,
+            on_request=self.metrics.vault_request,
+            on_lease=self.metrics.vault_token_lease,
+        )
         self.http: httpx.AsyncClient = make_http_client(
             settings.http.ca_cert, settings.http.timeout_seconds
         )

@@ -8,7 +8,8 @@ instant.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import gc
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import TYPE_CHECKING, TextIO
 from sidecar import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sidecar.app import App
     from sidecar.config import Settings
 
 __all__ = ["main"]
@@ -60,28 +64,48 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
     if config is None and os.environ.get("TOKEN_SIDECAR_CONFIG"):
         config = Path(os.environ["TOKEN_SIDECAR_CONFIG"])
 
-    from sidecar.config import load_settings  # noqa: PLC0415  # keep --version instant
-    from sidecar.errors import ConfigError  # noqa: PLC0415
-    from sidecar.logs import configure_logging  # noqa: PLC0415
+    with _collector_paused():
+        from sidecar.config import load_settings  # noqa: PLC0415  # keep --version instant
+        from sidecar.errors import ConfigError  # noqa: PLC0415
+        from sidecar.logs import configure_logging  # noqa: PLC0415
 
-    try:
-        settings = load_settings(config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
-    configure_logging(settings.log.level, settings.log.format)
+        try:
+            settings = load_settings(config)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(f"config error: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
+        configure_logging(settings.log.level, settings.log.format)
+        import asyncio  # noqa: PLC0415
+
+        from sidecar.app import App  # noqa: PLC0415
 
     command: str = args.command
-    return asyncio.run(_main(settings, command, out))
+    return asyncio.run(_main(App, settings, command, out))
 
 
-async def _main(settings: Settings, command: str, out: TextIO) -> int:
-    from sidecar.app import App  # noqa: PLC0415
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Start-up: no cyclic garbage collection while the modules are imported.
+
+    Importing creates some 40,000 tracked objects that live as long as the process; the
+    collector walks them about a hundred times as they appear and finds nothing to free.
+    Pausing it saves about 12 ms of the 210 ms the imports take (measured for ``make bench``).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+async def _main(app_type: type[App], settings: Settings, command: str, out: TextIO) -> int:
     from sidecar.errors import SidecarError  # noqa: PLC0415
 
     try:
-        app = App(settings)
+        app = app_type(settings)
     except SidecarError as exc:
         print(f"config error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG

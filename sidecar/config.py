@@ -12,6 +12,11 @@ Precedence, highest first:
 Unknown keys and bad values stop start-up: :func:`load_settings` raises :class:`ConfigError`
 with one message per problem, each naming its key (``credentials[0].token_endpoint``). Values
 are never echoed, since a misplaced secret could be among them.
+
+Every problem is reported at once, contradictions between keys included. Pydantic checks a
+model's cross-key rules (its ``after`` validators) only when each of its fields is valid, so
+when anything failed, :func:`load_settings` checks each rule again on its own keys (see
+``_RULES``) and adds what that finds.
 """
 
 from __future__ import annotations
@@ -20,16 +25,26 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from sidecar.errors import ConfigError
@@ -105,7 +120,7 @@ class VaultAuthConfig(_Section):
             raise ValueError(
                 "role_id_file: role_id_file and secret_id_file are required for 'approle'"
             )
-        return self
+        return self  # one rule fires at most: the method picks which
 
 
 class VaultConfig(_Section):
@@ -141,7 +156,9 @@ class CredentialConfig(_Section):
     audience: str | None = None
     output_dir: Path
     file_mode: int = 0o440
-    file_group: int | None = None
+    file_group: Annotated[int, Field(ge=0, le=4_294_967_294)] | None = Field(
+        default=None, description="Numeric group of the token files (and a created directory)."
+    )
     required: bool = Field(default=True, description="Counts towards /readyz.")
     allow_insecure_http: bool = False
 
@@ -180,14 +197,17 @@ class CredentialConfig(_Section):
 
     @model_validator(mode="after")
     def _endpoint(self) -> Self:
+        problems: list[str] = []
         if (self.token_endpoint is None) == (self.issuer is None):
-            raise ValueError("token_endpoint: set exactly one of token_endpoint and issuer")
-        if self.token_endpoint is not None:
-            check_url(
-                self.token_endpoint, allow_http=self.allow_insecure_http, what="token_endpoint"
-            )
-        if self.issuer is not None:
-            check_url(self.issuer, allow_http=self.allow_insecure_http, what="issuer")
+            problems.append("token_endpoint: set exactly one of token_endpoint and issuer")
+        for what, url in (("token_endpoint", self.token_endpoint), ("issuer", self.issuer)):
+            if url is not None:
+                try:
+                    check_url(url, allow_http=self.allow_insecure_http, what=what)
+                except ValueError as exc:
+                    problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -240,10 +260,16 @@ class RefreshConfig(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
+        problems: list[str] = []
         if self.min_expires_in > self.max_expires_in:
-            raise ValueError("min_expires_in: must not exceed max_expires_in")
+            problems.append("min_expires_in: must not exceed max_expires_in")
+        elif not self.min_expires_in <= self.default_expires_in <= self.max_expires_in:
+            # expires_in absent would otherwise escape the clamps it is meant to respect
+            problems.append("default_expires_in: must be between min_expires_in and max_expires_in")
         if self.backoff_initial_seconds > self.backoff_max_seconds:
-            raise ValueError("backoff_initial_seconds: must not exceed backoff_max_seconds")
+            problems.append("backoff_initial_seconds: must not exceed backoff_max_seconds")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -309,33 +335,25 @@ class Settings(BaseSettings):
     events: EventsConfig = EventsConfig()
 
     @model_validator(mode="after")
-    def _unique(self) -> Self:
-        problems: list[str] = []
-        seen_names: set[str] = set()
-        seen_dirs: dict[Path, str] = {}
-        for index, cred in enumerate(self.credentials):
-            if cred.name in seen_names:
-                problems.append(f"credentials[{index}].name: duplicate name {cred.name!r}")
-            seen_names.add(cred.name)
-            out = Path(os.path.normpath(cred.output_dir))
-            if out in seen_dirs:
-                owner = seen_dirs[out]
-                problems.append(
-                    f"credentials[{index}].output_dir: already used by credential {owner!r}"
-                )
-            seen_dirs.setdefault(out, cred.name)
+    def _consistent(self) -> Self:
+        problems = _duplicates([(c.name, c.output_dir) for c in self.credentials])
+        if self.coordination.claim_seconds <= self.http.timeout_seconds:
+            problems.append(_CLAIM_TOO_SHORT)
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
-    @model_validator(mode="after")
-    def _claim_outlasts_a_request(self) -> Self:
-        if self.coordination.claim_seconds <= self.http.timeout_seconds:
-            raise ValueError(
-                "coordination.claim_seconds: must be longer than http.timeout_seconds, "
-                "or no exchange could ever start"
-            )
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """On any failure, add the cross-key problems pydantic did not get to (see _RULES)."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if not isinstance(data, Mapping):
+                raise
+            # Not a ValueError: pydantic lets it through untouched, to load_settings.
+            raise _Problems(exc, _cross_key_problems(data)) from None
 
     @classmethod
     def settings_customise_sources(
@@ -384,32 +402,172 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def _location(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
-        elif part.startswith(("function-after", "function-before", "function-wrap")):
+        elif _is_validator_name(part):
             continue
         else:
-            out += f".{part}" if out else part
+            out += f".{part}" if out else str(part)
     return out or "(top level)"
 
 
-def _problems(exc: ValidationError) -> list[str]:
+_KEY_PIECE = re.compile(r"[a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*: ")
+
+
+def _problems(
+    exc: ValidationError,
+    *,
+    prefix: tuple[int | str, ...] = (),
+    model_level_only: bool = False,
+) -> list[str]:
+    """One message per problem, each starting with the key it is about.
+
+    ``prefix`` is where the validated model sits in the whole configuration;
+    ``model_level_only`` keeps only the problems of a model's cross-key rules.
+    """
     problems: list[str] = []
     for error in exc.errors(include_input=False, include_url=False):
-        where = _location(tuple(error["loc"]))
+        loc = tuple(part for part in error["loc"] if not _is_validator_name(part))
+        if model_level_only and loc:
+            continue
+        where = _location(prefix + loc)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required key is missing"
         for piece in message.split("; "):
-            if piece.startswith("credentials["):
-                problems.append(piece)
-            elif re.match(r"[a-z_]+: ", piece):
+            if piece.startswith(("credentials[", "coordination.")):
+                problems.append(piece)  # already a full key, from a top-level rule
+            elif _KEY_PIECE.match(piece):
                 problems.append(f"{where}.{piece}" if where != "(top level)" else piece)
             else:
                 problems.append(f"{where}: {piece}")
     return problems
+
+
+def _is_validator_name(part: int | str) -> bool:
+    return isinstance(part, str) and part.startswith(
+        ("function-after", "function-before", "function-wrap")
+    )
+
+
+_CLAIM_TOO_SHORT = (
+    "coordination.claim_seconds: must be longer than http.timeout_seconds, "
+    "or no exchange could ever start"
+)
+
+
+def _duplicates(credentials: list[tuple[Any, Any]]) -> list[str]:
+    """Duplicate names and output directories among ``(name, output_dir)`` pairs."""
+    problems: list[str] = []
+    seen_names: set[str] = set()
+    seen_dirs: dict[str, Any] = {}
+    for index, (name, output_dir) in enumerate(credentials):
+        if isinstance(name, str):
+            if name in seen_names:
+                problems.append(f"credentials[{index}].name: duplicate name {name!r}")
+            seen_names.add(name)
+        if isinstance(output_dir, str | Path) and str(output_dir):
+            out = os.path.normpath(output_dir)
+            if out in seen_dirs:
+                problems.append(
+                    f"credentials[{index}].output_dir: already used by credential "
+                    f"{seen_dirs[out]!r}"
+                )
+            seen_dirs.setdefault(out, name)
+    return problems
+
+
+class _Problems(Exception):  # an internal carrier, never seen by callers
+    """A failed validation plus the cross-key problems found beside it."""
+
+    def __init__(self, error: ValidationError, extra: list[str]) -> None:
+        super().__init__("invalid configuration")
+        self.error = error
+        self.extra = extra
+
+
+#: The keys each cross-key rule reads, per model: validated alone (other keys at their
+#: defaults), a rule reports its problem even when unrelated keys of the model are invalid.
+_RULES: dict[type[BaseModel], tuple[tuple[str, ...], ...]] = {
+    VaultAuthConfig: (("method", "role", "role_id_file", "secret_id_file"),),
+    VaultConfig: (("address", "allow_insecure_http"),),
+    CredentialConfig: (("token_endpoint", "issuer", "allow_insecure_http"),),
+    RefreshConfig: (
+        ("min_expires_in", "max_expires_in"),
+        ("min_expires_in", "max_expires_in", "default_expires_in"),
+        ("backoff_initial_seconds", "backoff_max_seconds"),
+    ),
+}
+#: Valid stand-ins for required keys a rule does not read.
+_STAND_INS: dict[type[BaseModel], dict[str, Any]] = {
+    CredentialConfig: {"name": "stand-in", "kv_path": "stand-in", "output_dir": "/stand-in"},
+}
+#: When one of these keys is itself invalid, a rule is checked with its most permissive
+#: value, so that what is wrong whatever the key says (``ftp://``) is still reported.
+_PERMISSIVE: dict[str, Any] = {"allow_insecure_http": True}
+
+
+def _rule_problems(model: type[BaseModel], raw: Any, loc: tuple[int | str, ...]) -> list[str]:
+    if not isinstance(raw, Mapping):
+        return []
+    problems: list[str] = []
+    for keys in _RULES[model]:
+        subset = {**_STAND_INS.get(model, {}), **{k: raw[k] for k in keys if k in raw}}
+        for _ in range(2):
+            try:
+                model.model_validate(subset)
+            except ValidationError as exc:
+                invalid = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+                if not invalid:
+                    problems += _problems(exc, prefix=loc, model_level_only=True)
+                elif invalid <= _PERMISSIVE.keys():
+                    subset.update({key: _PERMISSIVE[key] for key in invalid})
+                    continue
+                # Otherwise a key the rule reads is invalid itself: reported on its own.
+            break
+    return problems
+
+
+def _cross_key_problems(data: Mapping[str, Any]) -> list[str]:
+    vault = data.get("vault")
+    problems = _rule_problems(VaultConfig, vault, ("vault",))
+    if isinstance(vault, Mapping) and "auth" in vault:  # else the default, token: valid
+        problems += _rule_problems(VaultAuthConfig, vault["auth"], ("vault", "auth"))
+    credentials = data.get("credentials")
+    if isinstance(credentials, list):
+        pairs = []
+        for index, credential in enumerate(credentials):
+            problems += _rule_problems(CredentialConfig, credential, ("credentials", index))
+            if isinstance(credential, Mapping):
+                pairs.append((credential.get("name"), credential.get("output_dir")))
+            else:
+                pairs.append((None, None))
+        problems += _duplicates(pairs)
+    problems += _rule_problems(RefreshConfig, data.get("refresh"), ("refresh",))
+    try:
+        claim = CoordinationConfig.model_validate(
+            {k: v for k, v in _section(data, "coordination").items() if k == "claim_seconds"}
+        ).claim_seconds
+        timeout = HttpConfig.model_validate(
+            {k: v for k, v in _section(data, "http").items() if k == "timeout_seconds"}
+        ).timeout_seconds
+    except ValidationError:
+        pass  # reported by the full validation
+    else:
+        if claim <= timeout:
+            problems.append(_CLAIM_TOO_SHORT)
+    return problems
+
+
+def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _unique_in_order(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
 
 
 def load_settings(path: Path | None = None) -> Settings:
@@ -422,7 +580,19 @@ def load_settings(path: Path | None = None) -> Settings:
         data = _merge(
             data, {"vault": _merge(section if isinstance(section, dict) else {}, vault_env)}
         )
+    odd_keys = [key for key in data if not isinstance(key, str)]
+    if odd_keys:
+        raise ConfigError([f"{key}: unknown key (keys are strings)" for key in odd_keys])
     try:
         return Settings(**data)
+    except _Problems as exc:
+        raise ConfigError(_unique_in_order(_problems(exc.error) + exc.extra)) from None
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
+    except SettingsError as exc:
+        # A TOKEN_SIDECAR_* variable that must hold JSON (a list or a section) does not.
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else f"{ENV_PREFIX}*"
+        raise ConfigError(
+            [f"{name}: not valid JSON for this key (the value is not shown)"]
+        ) from None

@@ -17,6 +17,10 @@ Both kinds of record meet in one :class:`logging.StreamHandler` whose structlog
 4. renders the line: ``json`` (one object per line) or ``console`` (colours only on a tty);
 5. scrubs the rendered line once more, which catches a secret inside an exception message or
    anything a renderer produced from a value it did not receive as a string.
+
+An exception nobody caught would otherwise be printed by Python itself, raw, past all of the
+above; :func:`configure_logging` installs a ``sys.excepthook`` that logs it instead, as the
+event ``sidecar.crashed`` at CRITICAL, through the same redaction.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
+from types import TracebackType
 from typing import IO, Any
 
 import structlog
@@ -31,9 +36,10 @@ from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from sidecar.errors import SidecarError
 from sidecar.redact import REDACTOR, Redactor, redact_mapping
 
-__all__ = ["LIBRARY_LEVEL", "configure_logging"]
+__all__ = ["LIBRARY_LEVEL", "configure_logging", "log_uncaught"]
 
 LIBRARY_LEVEL = logging.WARNING
 """Level for every logger outside the ``sidecar`` namespace."""
@@ -108,18 +114,47 @@ def _level(level: str) -> int:
         raise ValueError(f"log level must be one of {', '.join(_LEVELS)}: {level!r}") from None
 
 
+def log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """``sys.excepthook``: log an uncaught exception as ``sidecar.crashed``, redacted.
+
+    Python's own hook would print the message and traceback as they are; an exception raised
+    with a token in its message (a bug, or a library quoting what it was given) must not
+    reach the container log that way. ``KeyboardInterrupt`` keeps Python's behaviour.
+    """
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    first = exc
+    while isinstance(first, BaseExceptionGroup) and first.exceptions:
+        first = first.exceptions[0]  # the task group's: say what actually failed
+    fields: dict[str, Any] = {"error": type(first).__name__}
+    if isinstance(first, SidecarError):
+        # Written never to hold a secret, and scrubbed like everything else anyway.
+        fields.update(error=first.kind, message=first.message)
+    try:
+        structlog.get_logger("sidecar.crash").critical(
+            "sidecar.crashed", **fields, exc_info=(exc_type, exc, tb)
+        )
+    except Exception:  # noqa: BLE001  # the last resort must not raise; say only the type
+        print(f"sidecar.crashed: {exc_type.__name__} (not rendered)", file=sys.__stderr__)
+
+
 def configure_logging(
     level: str,
     fmt: str,
     *,
     stream: IO[str] | None = None,
     redactor: Redactor = REDACTOR,
+    excepthook: bool = True,
 ) -> None:
     """Send structlog events and stdlib records, redacted, to ``stream`` (default stderr).
 
     ``level`` applies to the ``sidecar`` loggers (``debug``, ``info``, ``warning``, ``error``);
-    other libraries log at WARNING and above. ``fmt`` is ``json`` or ``console``. Calling it
-    again replaces the previous configuration.
+    other libraries log at WARNING and above. ``fmt`` is ``json`` or ``console``. With
+    ``excepthook`` (the default), uncaught exceptions are logged by :func:`log_uncaught`.
+    Calling it again replaces the previous configuration.
     """
     sidecar_level = _level(level)
     if fmt not in _FORMATS:
@@ -171,6 +206,8 @@ def configure_logging(
     logging.getLogger("sidecar").setLevel(sidecar_level)
     # Python warnings (urllib3's InsecureRequestWarning names the host) go the same way.
     logging.captureWarnings(True)
+    if excepthook:
+        sys.excepthook = log_uncaught
 
     structlog.configure(
         processors=[

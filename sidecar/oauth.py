@@ -23,7 +23,10 @@ Answers:
 - 2xx: an RFC 6749 §5.1 JSON object, else :class:`MalformedResponse` naming the field. If that
   malformed body still carries a valid new ``refresh_token``, the server has probably rotated;
   the raised error keeps it and :func:`refresh_token_from_error` hands it to the caller so it
-  can be persisted (R2). :func:`salvage_refresh_token` does the same from a raw body.
+  can be persisted (R2). :func:`salvage_refresh_token` does the same from a raw body, also
+  from a body that was cut off or is not valid JSON, provided it holds one complete
+  ``"refresh_token": "..."`` member (the closing quote proves the value whole);
+  :func:`keep_salvaged_refresh_token` attaches it to an error the adapter raises itself.
   Field rules: ``access_token`` and ``refresh_token`` are 1*VSCHAR (RFC 6749 Appendix A);
   ``token_type`` is any non-empty string, with ``bearer``/``dpop`` normalised in case;
   ``expires_in`` is a JSON number or numeric string, zero and negatives kept as given (the
@@ -73,6 +76,7 @@ __all__ = [
     "TokenRequest",
     "build_refresh_request",
     "discovery_urls",
+    "keep_salvaged_refresh_token",
     "parse_discovery",
     "parse_error_body",
     "parse_retry_after",
@@ -109,6 +113,9 @@ _NUMBER = re.compile(r"\s*-?[0-9]+(?:\.[0-9]+)?\s*")
 _DELTA_SECONDS = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 _TOKEN_TYPES = {"bearer": "Bearer", "dpop": "DPoP"}
 _SALVAGE_ATTRIBUTE = "_salvaged_refresh_token"
+# One complete JSON string member named refresh_token, in text that may not parse as a whole.
+# A quote that is part of an escape (\") never ends the match, so the value is whole.
+_REFRESH_MEMBER = re.compile(rb'"refresh_token"\s*:\s*"((?:[^"\\\x00-\x1f]|\\.)*)"')
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -274,14 +281,44 @@ def _parse_grant(status: int, body: bytes) -> TokenGrant:
 def salvage_refresh_token(body: bytes) -> str | None:
     """The valid ``refresh_token`` in a (possibly otherwise malformed) JSON body, else ``None``.
 
-    Never raises. Use it on a 2xx answer that failed :func:`parse_token_response`: the server
-    has probably rotated, and the new token must be persisted before the old one is dropped.
+    Never raises. Use it on a 2xx answer that failed :func:`parse_token_response`, or on the
+    part of one that arrived before the connection failed: the server has probably rotated,
+    and the new token must be persisted before the old one is dropped. When the body does not
+    parse, exactly one complete ``"refresh_token": "..."`` member must be in it; two different
+    ones, an unfinished one or one outside RFC 6749's VSCHAR give ``None``.
     """
-    data = _json_object(body)
-    value = data.get("refresh_token") if data is not None else None
-    if isinstance(value, str) and _VSCHAR.fullmatch(value):
-        return value
-    return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return _salvage_from_text(body)
+    value = data.get("refresh_token") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and _VSCHAR.fullmatch(value) else None
+
+
+def _salvage_from_text(body: bytes) -> str | None:
+    """The one complete ``"refresh_token": "..."`` member in a body that does not parse."""
+    found: set[str] = set()
+    for match in _REFRESH_MEMBER.finditer(body):
+        try:
+            value = json.loads(b'"' + match.group(1) + b'"')
+        except ValueError:
+            return None
+        found.add(value)
+    if len(found) != 1:
+        return None
+    (value,) = found
+    return value if isinstance(value, str) and _VSCHAR.fullmatch(value) else None
+
+
+def keep_salvaged_refresh_token(error: BaseException, body: bytes) -> str | None:
+    """Attach the refresh token salvaged from ``body`` to ``error``; return it (or ``None``).
+
+    :func:`refresh_token_from_error` reads it back. For adapters that raise a
+    :class:`MalformedResponse` themselves, such as for an answer cut off mid-body.
+    """
+    salvaged = salvage_refresh_token(body)
+    setattr(error, _SALVAGE_ATTRIBUTE, salvaged)
+    return salvaged
 
 
 def refresh_token_from_error(error: BaseException) -> str | None:
@@ -366,7 +403,7 @@ def parse_token_response(
         try:
             return _parse_grant(status, body)
         except MalformedResponse as exc:
-            setattr(exc, _SALVAGE_ATTRIBUTE, salvage_refresh_token(body))
+            keep_salvaged_refresh_token(exc, body)
             raise
     where = f"HTTP {status}"
     if 300 <= status < 400:

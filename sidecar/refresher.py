@@ -422,11 +422,14 @@ class Refresher:
         self._note_refresh_token(new_token, SharedState.parse(result).refresh)
         journalled = self._hold(base, result, new_token, started_wall)
         self._held = access
+        # A lost check-and-set (-inf: decide again now) or a failed publish (backoff) below
+        # sets an earlier time than the normal schedule; keep the earlier one.
+        self._next_refresh = math.inf
         await self._write_back()
         if self._pending is not None and journalled:
             self._publish_held()
         low, high = refresh_window(lifetime, self._policy.schedule)
-        self._next_refresh = started_mono + self._rng.uniform(low, high)
+        self._next_refresh = min(self._next_refresh, started_mono + self._rng.uniform(low, high))
         self._done = self._oneshot
 
     async def _after_failure(

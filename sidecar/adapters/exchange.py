@@ -12,6 +12,13 @@ classification, discovery validation) lives in the pure :mod:`sidecar.oauth`.
   :class:`TokenEndpointUnavailable`; a request that may have reached the server without its
   answer reaching us (read/write errors and timeouts, the server hanging up) is
   :class:`ResponseLost`, because the server may have rotated the refresh token.
+- A 2xx answer cut off mid-body (the connection failed, or the overall deadline struck while
+  it dripped in) is not treated as lost when the part that arrived holds a complete rotated
+  ``refresh_token``: retrying the spent token would make a rotating server revoke the whole
+  grant, so it becomes a :class:`MalformedResponse` carrying that token, to be persisted (R2).
+- Every token this adapter handles is registered with the redactor the moment it exists (the
+  parsed access and refresh tokens, a salvaged refresh token, each client assertion), so an
+  exception raised anywhere afterwards cannot print it.
 - TLS failures stay retryable: a wrong certificate does not fix itself, but a rotated server
   certificate or a corrected CA bundle does, and backing off costs nothing meanwhile.
 - With ``issuer`` configured, the metadata document is fetched on first use (RFC 8414
@@ -29,7 +36,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,11 +59,14 @@ from sidecar.oauth import (
     DiscoveryInfo,
     build_refresh_request,
     discovery_urls,
+    keep_salvaged_refresh_token,
     parse_discovery,
     parse_error_body,
     parse_retry_after,
     parse_token_response,
+    refresh_token_from_error,
 )
+from sidecar.redact import REDACTOR, Redactor
 
 __all__ = ["USER_AGENT", "TokenEndpoint", "make_http_client"]
 
@@ -94,6 +104,14 @@ class _Answer:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far a request got: the status once headers arrived, the body bytes read so far."""
+
+    status: int | None = None
+    body: bytearray = field(default_factory=bytearray)
 
 
 def _endpoint_name(url: str) -> str:
@@ -158,8 +176,11 @@ class TokenEndpoint:
         *,
         max_response_bytes: int = 1_048_576,
         wall_clock: Callable[[], float] = time.time,
+        redactor: Redactor = REDACTOR,
     ) -> None:
         self._credential = credential
+        self._redactor = redactor
+        self._assertion: str | None = None
         self._http = http
         self._max_bytes = max_response_bytes
         self._time = wall_clock
@@ -190,6 +211,10 @@ class TokenEndpoint:
                 now=self._time(),
                 jti=secrets.token_urlsafe(24),
             )
+            # Single-use (jti), so only the newest needs scrubbing; the old one is spent.
+            self._redactor.discard(self._assertion)
+            self._redactor.add(assertion)
+            self._assertion = assertion
         request = build_refresh_request(
             refresh_token,
             client,
@@ -204,6 +229,7 @@ class TokenEndpoint:
                 "POST", url, headers=request.headers, content=request.body(), exchange=True
             )
         except SidecarError as exc:
+            self._redactor.add(refresh_token_from_error(exc))
             self._log.debug(
                 "token.exchange",
                 error=exc.kind,
@@ -225,13 +251,18 @@ class TokenEndpoint:
             **fields,
         )
         try:
-            return parse_token_response(
+            grant = parse_token_response(
                 answer.status, answer.headers, answer.body, now=self._time()
             )
+        except MalformedResponse as exc:
+            self._redactor.add(refresh_token_from_error(exc))
+            raise
         except ClientRejected:
             if self._credential.issuer and (300 <= answer.status < 400 or answer.status == 404):
                 self._discovery = None  # the endpoint may have moved: look it up again next time
             raise
+        self._redactor.add(grant.access_token, grant.refresh_token)
+        return grant
 
     async def probe(self) -> None:
         """Reach the discovery document (validated) and the token endpoint; exchange nothing.
@@ -321,6 +352,7 @@ class TokenEndpoint:
         read_body: bool = True,
     ) -> _Answer:
         request_headers = {"Accept": "application/json", **(headers or {})}
+        progress = _Progress()
         try:
             async with (
                 asyncio.timeout(self._request_timeout),
@@ -328,18 +360,36 @@ class TokenEndpoint:
                     method, url, headers=request_headers, content=content, follow_redirects=False
                 ) as response,
             ):
-                body = await self._read(response, what) if read_body else b""
+                progress.status = response.status_code
+                body = await self._read(response, what, progress.body) if read_body else b""
                 return _Answer(response.status_code, response.headers, body)
         except TimeoutError as exc:  # the overall deadline, not one of httpx's phase timeouts
-            raise _translate(exc, url=url, what=what, exchange=exchange) from exc
+            raise self._failure(exc, url, what, exchange, progress) from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise _translate(exc, url=url, what=what, exchange=exchange) from exc
+            raise self._failure(exc, url, what, exchange, progress) from exc
 
-    async def _read(self, response: httpx.Response, what: str) -> bytes:
+    @staticmethod
+    def _failure(
+        exc: Exception, url: str, what: str, exchange: bool, progress: _Progress
+    ) -> SidecarError:
+        error = _translate(exc, url=url, what=what, exchange=exchange)
+        status = progress.status
+        if not (isinstance(error, ResponseLost) and status is not None and 200 <= status < 300):
+            return error
+        cut = MalformedResponse(
+            f"{what} {_endpoint_name(url)}: the answer (HTTP {status}) was cut off after "
+            f"{len(progress.body)} bytes ({exc.__class__.__name__}); it carried a rotated "
+            "refresh token, which is kept instead of retrying the spent one"
+        )
+        if keep_salvaged_refresh_token(cut, bytes(progress.body)) is None:
+            return error
+        return cut
+
+    async def _read(self, response: httpx.Response, what: str, body: bytearray) -> bytes:
+        """Read the body into ``body`` (so the caller sees what arrived if reading fails)."""
         limit = self._max_bytes
         declared = response.headers.get("Content-Length", "")
         oversized = declared.isdigit() and int(declared) > limit
-        body = bytearray()
         if not oversized:
             async for chunk in response.aiter_bytes():  # decoded: a compressed bomb counts too
                 body += chunk

@@ -247,6 +247,7 @@ class VaultSession:
         config: VaultConfig,
         *,
         on_request: RequestObserver | None = None,
+        on_lease: Callable[[float | None], None] | None = None,
         environ: Mapping[str, str] | None = None,
         session: requests.Session | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -255,9 +256,11 @@ class VaultSession:
         """``on_request(operation, outcome)`` is called once per Vault request, from a worker
         thread: operation in login/lookup/renew/read/write, outcome ``success`` or an error kind.
         ``session`` is used for every request (tests inject a transport); it is closed by
-        :meth:`close` only when this object created it.
+        :meth:`close` only when this object created it. ``on_lease(expires_at)`` hears the wall
+        time the token in use expires (``None``: no expiry, or no token).
         """
         self._config = config
+        self._on_lease = on_lease
         self._auth = config.auth
         self._on_request = on_request
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
@@ -302,10 +305,15 @@ class VaultSession:
         """
         return await asyncio.to_thread(self._call_sync, operation, fn, location)
 
+    def _report_lease(self, ttl: float | None) -> None:
+        if self._on_lease is not None:
+            self._on_lease(time.time() + ttl if ttl is not None and ttl > 0 else None)
+
     def close(self) -> None:
         with self._lock:
             self._lease = None
             self._client.token = ""
+        self._report_lease(None)
         if self._owns_http:
             self._http.close()
         elif self._remember_response in self._http.hooks["response"]:
@@ -374,6 +382,7 @@ class VaultSession:
         if not renewal_is_useful(ttl, lease.login_ttl, self._fraction):
             return "renewal_exhausted"
         self._lease = TokenLease(now, ttl, renewable, lease.login_ttl)
+        self._report_lease(ttl)
         log.info("vault.renewed", ttl=ttl, renewable=renewable)
         return None
 
@@ -392,6 +401,7 @@ class VaultSession:
             )
         self._client.token = token
         self._lease = TokenLease(started, ttl, renewable, login_ttl)
+        self._report_lease(ttl)
         self._generation += 1
         log.info(
             "vault.login",
