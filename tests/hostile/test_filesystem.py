@@ -43,7 +43,11 @@ def umount(path: Path) -> None:
 
 @pytest.fixture
 def mounts() -> Iterator[list[Path]]:
-    """Mount points to unmount when the test ends (most recent first)."""
+    """Mount points to unmount when the test ends (most recent first).
+
+    Tests list ``mounts`` before ``sidecar`` so that the sidecar (and the readiness watcher)
+    stop before the volumes under them go away.
+    """
     made: list[Path] = []
     yield made
     for path in reversed(made):
@@ -111,7 +115,7 @@ def test_a_missing_directory_is_created_only_the_owner_can_write(sidecar: Sideca
 
 
 def test_read_only_at_start_fails_before_anything_is_exchanged(
-    sidecar: Sidecar, mounts: list[Path]
+    mounts: list[Path], sidecar: Sidecar
 ) -> None:
     out = sidecar.dep.output_dir
     tmpfs(out, mounts, "ro")
@@ -169,7 +173,7 @@ def test_a_directory_not_owned_by_the_sidecar_user(sidecar: Sidecar, public: Pat
 
 
 def test_read_only_while_running_keeps_the_rotation_and_the_old_file(
-    sidecar: Sidecar, mounts: list[Path]
+    mounts: list[Path], sidecar: Sidecar
 ) -> None:
     out = sidecar.dep.output_dir
     tmpfs(out, mounts)
@@ -214,7 +218,7 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def test_a_full_volume_keeps_the_previous_files_whole(sidecar: Sidecar, mounts: list[Path]) -> None:
+def test_a_full_volume_keeps_the_previous_files_whole(mounts: list[Path], sidecar: Sidecar) -> None:
     out = sidecar.dep.output_dir
     tmpfs(out, mounts, "size=64k")
     use_the_idp(sidecar)
@@ -241,7 +245,7 @@ def test_a_full_volume_keeps_the_previous_files_whole(sidecar: Sidecar, mounts: 
 
 
 def test_a_failed_publish_is_retried_on_the_backoff_schedule(
-    sidecar: Sidecar, mounts: list[Path]
+    mounts: list[Path], sidecar: Sidecar
 ) -> None:
     """The sidecar holds a valid token the app cannot see: it should retry within the
     backoff (here at most 0.5 s), not wait for the next refresh, after the old file expired."""
@@ -373,7 +377,7 @@ def test_files_keep_their_mode_on_every_write_whatever_the_umask(sidecar: Sideca
 
 
 def test_the_app_cannot_write_to_the_token_volume(
-    sidecar: Sidecar, mounts: list[Path], tmp_path: Path, public: Path
+    mounts: list[Path], sidecar: Sidecar, tmp_path: Path, public: Path
 ) -> None:
     """The app sees the volume through a read-only mount, as ``readOnly: true`` gives it; and
     even through the sidecar's own writable view, the app's user cannot change anything:
