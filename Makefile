@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 IDP    := tests/support/idp
 
-.PHONY: help demo test unit integration slow lint fmt clean manifests chart image e2e
+.PHONY: help demo test unit integration slow lint fmt clean manifests chart image e2e bench
 
 help:
 	@echo "make demo   run the sidecar against a local OpenBao and authorization server"
@@ -16,6 +16,7 @@ help:
 	@echo "make chart  render and validate the Helm chart"
 	@echo "make image  build the container image (needs a Docker engine)"
 	@echo "make e2e    end-to-end test in a kind cluster (needs Docker, kind and kubectl)"
+	@echo "make bench  benchmarks beside OpenBao Agent (about 4 min): BENCHMARKS.md, BENCHMARKS.json"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,14 +44,17 @@ slow: $(VENV)/.installed $(IDP)/node_modules/.installed
 	$(PY) -m pytest -m slow
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check sidecar tests scripts
-	$(VENV)/bin/ruff format --check sidecar tests scripts
+	$(VENV)/bin/ruff check sidecar tests scripts bench
+	$(VENV)/bin/ruff format --check sidecar tests scripts bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/render_manifests.py --check
 
 manifests: $(VENV)/.installed
 	$(PY) scripts/render_manifests.py
+
+bench: $(VENV)/.installed $(IDP)/node_modules/.installed
+	$(PY) -m bench
 
 e2e: $(VENV)/.installed
 	$(PY) -m pytest -m e2e tests/e2e
@@ -63,8 +67,8 @@ image:
 	docker build -t token-sidecar:$(VERSION) --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) .
 
 fmt: $(VENV)/.installed
-	$(VENV)/bin/ruff format sidecar tests scripts
-	$(VENV)/bin/ruff check --fix sidecar tests scripts
+	$(VENV)/bin/ruff format sidecar tests scripts bench
+	$(VENV)/bin/ruff check --fix sidecar tests scripts bench
 
 clean:
 	rm -rf $(VENV) $(IDP)/node_modules .pytest_cache .mypy_cache .ruff_cache .demo

@@ -19,7 +19,7 @@ __all__ = ["BackoffPolicy", "backoff_delay"]
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
     initial: float = 1.0
-    maximum: float = 300.0
+    maximum: float = 90.0
     max_retry_after: float = 3600.0
 
     @classmethod

@@ -252,7 +252,7 @@ class RefreshConfig(_Section):
     min_expires_in: Annotated[float, Field(gt=0)] = 5.0
     max_expires_in: Annotated[float, Field(gt=0)] = 86_400.0
     backoff_initial_seconds: Annotated[float, Field(gt=0)] = 1.0
-    backoff_max_seconds: Annotated[float, Field(gt=0)] = 300.0
+    backoff_max_seconds: Annotated[float, Field(gt=0)] = 90.0
     max_retry_after_seconds: Annotated[float, Field(gt=0)] = 3600.0
     secret_poll_seconds: Annotated[float, Field(gt=0)] = 30.0
     ready_margin_seconds: Annotated[float, Field(ge=0)] = 5.0

@@ -43,7 +43,6 @@ __all__ = [
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
 DEFAULT_MAX_VALUES = 1024
-_TRIE_DEPTH = 6
 
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
@@ -81,8 +80,11 @@ class Redactor:
     """The secret values alive right now, and a scrubber that removes them from text.
 
     Thread-safe: :meth:`scrub` may run in a logging handler on any thread while the refresher
-    adds and discards values. A scrub costs one pass of a compiled regular expression, rebuilt
-    only when the set of values changes.
+    adds and discards values. Every encoded form of every value is indexed by its first
+    :data:`MIN_SECRET_LENGTH` characters; a scrub slides that window over the text once and,
+    where a window is a known prefix, replaces the longest form that matches there. Adding or
+    discarding a value touches only its own forms: nothing is recompiled, so the cost of a
+    rotation does not grow with the number of values held.
     """
 
     def __init__(self, *, max_values: int = DEFAULT_MAX_VALUES) -> None:
@@ -90,8 +92,8 @@ class Redactor:
             raise ValueError("max_values must be at least 1")
         self._max_values = max_values
         # dict as an insertion-ordered set: the first key is the oldest value.
-        self._values: dict[str, None] = {}
-        self._pattern: re.Pattern[str] | None = None
+        self._values: dict[str, frozenset[str]] = {}
+        self._index: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
         self.evicted = 0
         """How many values were dropped because the bound was reached."""
@@ -105,22 +107,20 @@ class Redactor:
     def add(self, *values: str | None) -> None:
         """Start scrubbing ``values``; ``None`` and values that are too short are ignored."""
         with self._lock:
-            changed = False
             for value in values:
                 if value is None or len(value) < MIN_SECRET_LENGTH:
                     continue
-                if value in self._values:
-                    # Re-adding refreshes the value's age: it is evidently still alive.
-                    del self._values[value]
-                else:
-                    changed = True
-                self._values[value] = None
+                forms = self._values.pop(value, None)
+                if forms is None:
+                    forms = frozenset(encoded_forms(value))
+                    for form in forms:
+                        bucket = self._index.setdefault(form[:MIN_SECRET_LENGTH], {})
+                        bucket[form] = bucket.get(form, 0) + 1
+                # Re-adding refreshes the value's age: it is evidently still alive.
+                self._values[value] = forms
             while len(self._values) > self._max_values:
-                del self._values[next(iter(self._values))]
+                self._forget(next(iter(self._values)))
                 self.evicted += 1
-                changed = True
-            if changed:
-                self._pattern = None
 
     def discard(self, value: str | None) -> None:
         """Stop scrubbing ``value`` (it is dead); unknown values are ignored."""
@@ -128,69 +128,53 @@ class Redactor:
             return
         with self._lock:
             if value in self._values:
-                del self._values[value]
-                self._pattern = None
+                self._forget(value)
+
+    def _forget(self, value: str) -> None:
+        for form in self._values.pop(value):
+            prefix = form[:MIN_SECRET_LENGTH]
+            bucket = self._index[prefix]
+            if bucket[form] > 1:
+                bucket[form] -= 1
+                continue
+            del bucket[form]
+            if not bucket:
+                del self._index[prefix]
 
     def clear(self) -> None:
         with self._lock:
             self._values.clear()
-            self._pattern = None
+            self._index.clear()
 
     def scrub(self, text: str) -> str:
         """``text`` with every known secret, in every form, replaced by ``[REDACTED]``."""
-        pattern = self._compiled()
-        if pattern is None:
-            return text
-        return pattern.sub(REDACTED, text)
-
-    def _compiled(self) -> re.Pattern[str] | None:
         with self._lock:
-            if self._pattern is None and self._values:
-                forms: set[str] = set()
-                for value in self._values:
-                    forms |= encoded_forms(value)
-                self._pattern = re.compile(_alternation(forms))
-            return self._pattern
-
-
-def _shared_prefix(texts: set[str]) -> str:
-    low, high = min(texts), max(texts)
-    size = 0
-    while size < len(low) and low[size] == high[size]:
-        size += 1
-    return low[:size]
-
-
-def _alternation(forms: set[str], depth: int = 0) -> str:
-    """A regular expression matching any of ``forms``, preferring the longest at a position.
-
-    Alternatives are factored by their leading characters, a shallow trie, so that a scan
-    tries a few dozen branches per position instead of every form: with hundreds of secrets
-    this is the difference between microseconds and milliseconds per log line. Preferring the
-    longest form means a padded encoding wins over its unpadded prefix and no stray characters
-    of a secret survive next to the marker.
-    """
-    optional = "" in forms
-    rest = forms - {""}
-    if not rest:
-        return ""
-    if depth >= _TRIE_DEPTH or len(rest) == 1:
-        body = "|".join(map(re.escape, sorted(rest, key=lambda form: (-len(form), form))))
-    else:
-        by_first: dict[str, set[str]] = {}
-        for form in rest:
-            by_first.setdefault(form[0], set()).add(form[1:])
-        branches = []
-        for first, tails in sorted(by_first.items()):
-            shared = _shared_prefix(tails)
-            tail = _alternation({t[len(shared) :] for t in tails}, depth + 1)
-            branches.append(re.escape(first + shared) + tail)
-        body = "|".join(branches)
-    # A greedy ``?`` tries the longer continuation first, then settles for ending here.
-    if optional:
-        return f"(?:{body})?"
-    # The top level stays bare so that the engine can derive its fast first-character check.
-    return body if depth == 0 else f"(?:{body})"
+            index = self._index
+            if not index:
+                return text
+            width = MIN_SECRET_LENGTH
+            pieces: list[str] = []
+            kept = position = 0
+            last = len(text) - width
+            while position <= last:
+                bucket = index.get(text[position : position + width])
+                if bucket is not None:
+                    match = max(
+                        (form for form in bucket if text.startswith(form, position)),
+                        key=len,
+                        default=None,
+                    )
+                    if match is not None:
+                        pieces.append(text[kept:position])
+                        pieces.append(REDACTED)
+                        position += len(match)
+                        kept = position
+                        continue
+                position += 1
+            if not pieces:
+                return text
+            pieces.append(text[kept:])
+            return "".join(pieces)
 
 
 REDACTOR = Redactor()

@@ -662,6 +662,9 @@ class Refresher:
         except SinkError as exc:
             self._fail(exc, "token.publish_failed")
             return
+        if self._published not in (None, access.access_token):
+            # The superseded token is in no file and no request of ours any more.
+            self._redactor.discard(self._published)
         self._published = access.access_token
         status = self.status
         self._set_phase(Phase.VALID)

@@ -44,7 +44,6 @@ import httpx
 import structlog
 
 from sidecar import __version__
-from sidecar.client_assertion import make_client_assertion
 from sidecar.config import CredentialConfig
 from sidecar.errors import (
     ClientRejected,
@@ -202,6 +201,9 @@ class TokenEndpoint:
                     "or the secret's private_key field",
                     oauth_error="invalid_client",
                 )
+            # PyJWT and cryptography cost ~9 MB and ~30 ms to import: only for this method.
+            from sidecar.client_assertion import make_client_assertion  # noqa: PLC0415
+
             assertion = make_client_assertion(
                 client.client_id,
                 url,
