@@ -45,6 +45,7 @@ import structlog
 
 from sidecar import __version__
 from sidecar.config import CredentialConfig
+from sidecar.discovery import DiscoveryInfo, discovery_urls, parse_discovery
 from sidecar.errors import (
     ClientRejected,
     ConfigError,
@@ -55,11 +56,8 @@ from sidecar.errors import (
 )
 from sidecar.model import ClientCredentials, TokenGrant
 from sidecar.oauth import (
-    DiscoveryInfo,
     build_refresh_request,
-    discovery_urls,
     keep_salvaged_refresh_token,
-    parse_discovery,
     parse_error_body,
     parse_retry_after,
     parse_token_response,

@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
+from sidecar.discovery import DiscoveryInfo, discovery_urls, parse_discovery
 from sidecar.errors import (
     ClientRejected,
     InvalidGrant,
@@ -17,10 +18,7 @@ from sidecar.errors import (
 from sidecar.model import ClientCredentials
 from sidecar.oauth import (
     ASSERTION_TYPE,
-    DiscoveryInfo,
     build_refresh_request,
-    discovery_urls,
-    parse_discovery,
     parse_error_body,
     parse_retry_after,
     parse_token_response,

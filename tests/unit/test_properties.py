@@ -27,6 +27,7 @@ from sidecar.adapters.vault import parse_retry_after as vault_retry_after
 from sidecar.adapters.vault import secret_from_kv
 from sidecar.backoff import BackoffPolicy, backoff_delay
 from sidecar.config import RefreshConfig, load_settings
+from sidecar.discovery import parse_discovery
 from sidecar.errors import (
     ClientRejected,
     ConfigError,
@@ -36,7 +37,6 @@ from sidecar.errors import (
 )
 from sidecar.model import TokenGrant
 from sidecar.oauth import (
-    parse_discovery,
     parse_retry_after,
     parse_token_response,
     refresh_token_from_error,

@@ -1,0 +1,100 @@
+"""Authorization server metadata (RFC 8414, OpenID Connect Discovery): where, and what to trust.
+
+Pure functions: the adapter fetches the documents; this module says where to look and
+validates what came back against the configured issuer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sidecar.config import check_url
+from sidecar.errors import ClientRejected, MalformedResponse
+
+__all__ = ["DiscoveryInfo", "discovery_urls", "parse_discovery"]
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # also bad UTF-8 and absurdly deep nesting
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryInfo:
+    """What the sidecar uses from authorization server metadata (RFC 8414 §2)."""
+
+    token_endpoint: str
+    token_endpoint_auth_methods_supported: tuple[str, ...] | None = field(default=None)
+    """``None`` when the document does not say (RFC 8414 then implies client_secret_basic)."""
+
+
+def discovery_urls(issuer: str) -> tuple[str, str]:
+    """Where to look for metadata, in order.
+
+    RFC 8414 §3.1 inserts ``/.well-known/oauth-authorization-server`` between host and path
+    (``https://as/t1`` → ``https://as/.well-known/oauth-authorization-server/t1``); OpenID
+    Connect Discovery appends ``/.well-known/openid-configuration`` to the issuer. A trailing
+    ``/`` of the issuer is removed first in both cases.
+    """
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    rfc8414 = urlunsplit(
+        (parts.scheme, parts.netloc, "/.well-known/oauth-authorization-server" + path, "", "")
+    )
+    oidc = urlunsplit(
+        (parts.scheme, parts.netloc, path + "/.well-known/openid-configuration", "", "")
+    )
+    return rfc8414, oidc
+
+
+def parse_discovery(
+    body: bytes, expected_issuer: str, *, allow_http: bool = False
+) -> DiscoveryInfo:
+    """Validate a metadata document against the configured issuer.
+
+    The ``issuer`` must equal ``expected_issuer`` exactly (RFC 8414 §3.3: this is what stops
+    a mix-up between servers); a difference of only a trailing slash is also refused, with a
+    hint, since the configured value must be the server's own identifier.
+
+    Raises MalformedResponse (not a JSON object, missing fields: possibly a proxy's page,
+    worth retrying) or ClientRejected (``issuer`` mismatch, an insecure ``token_endpoint``:
+    configuration, final), both with messages naming the key.
+    """
+    data = _json_object(body)
+    if data is None:
+        raise MalformedResponse("issuer: the discovery document is not a JSON object")
+    issuer = data.get("issuer")
+    if not isinstance(issuer, str):
+        raise MalformedResponse("issuer: the discovery document has no issuer string")
+    if issuer != expected_issuer:
+        hint = (
+            " (they differ only by a trailing '/'; write issuer exactly as the server does)"
+            if issuer.rstrip("/") == expected_issuer.rstrip("/")
+            else ""
+        )
+        raise ClientRejected(
+            f"issuer: the discovery document names a different issuer{hint}",
+            oauth_error="issuer_mismatch",
+        )
+    endpoint = data.get("token_endpoint")
+    if not isinstance(endpoint, str):
+        raise MalformedResponse("issuer: the discovery document has no token_endpoint string")
+    try:
+        check_url(endpoint, allow_http=allow_http, what="token_endpoint")
+    except ValueError as exc:
+        raise ClientRejected(
+            f"issuer: the discovery document's {exc}", oauth_error="insecure_token_endpoint"
+        ) from exc
+    methods = data.get("token_endpoint_auth_methods_supported")
+    supported = (
+        tuple(methods)
+        if isinstance(methods, list) and all(isinstance(m, str) for m in methods)
+        else None
+    )
+    return DiscoveryInfo(token_endpoint=endpoint, token_endpoint_auth_methods_supported=supported)
