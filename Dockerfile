@@ -16,11 +16,14 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 # The project's wheel plus a wheel for every runtime dependency (all ship binary wheels for
-# linux/amd64 and linux/arm64, so nothing is compiled).
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+# linux/amd64 and linux/arm64, so nothing is compiled). EXTRAS=kubernetes adds the client that
+# the chart's events.enabled needs (about 130 MB on disk, so it is not in the default image).
+ARG EXTRAS=""
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 FROM ${PYTHON_IMAGE}
 ARG PYTHON_IMAGE
+ARG EXTRAS=""
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="token-sidecar" \
@@ -38,7 +41,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TOKEN_SIDECAR_CONFIG=/etc/token-sidecar/config.yaml
 # The wheels are bind-mounted from the builder, so they never become a layer of this image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python -m pip install --no-cache-dir --no-index --find-links=/wheels token-sidecar \
+    python -m pip install --no-cache-dir --no-index --find-links=/wheels \
+        "token-sidecar${EXTRAS:+[$EXTRAS]}" \
     && python -m pip uninstall --yes pip setuptools wheel \
     && token-sidecar --version
 # 65532 is the conventional "nonroot" UID/GID of distroless images; no passwd entry is needed.

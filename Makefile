@@ -63,8 +63,10 @@ chart: $(VENV)/.installed
 	$(PY) -m pytest tests/chart
 
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' sidecar/__init__.py)
-image:
-	docker build -t token-sidecar:$(VERSION) --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) .
+EXTRAS ?=
+image:  # EXTRAS=kubernetes for an image that can emit Kubernetes Events
+	docker build -t token-sidecar:$(VERSION) --build-arg VERSION=$(VERSION) \
+		--build-arg REVISION=$$(git rev-parse HEAD) --build-arg EXTRAS=$(EXTRAS) .
 
 fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff format sidecar tests scripts bench

@@ -74,7 +74,7 @@ def test_safe_values_print_no_warning() -> None:
             },
             "TokenSidecarDown",
         ),
-        ({"events.enabled": True}, "supports Kubernetes Events"),
+        ({"events.enabled": True}, "EXTRAS=kubernetes"),
     ],
     ids=[
         "no-credentials",
