@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.idp import IdpServer  # noqa: E402  # after the path set-up above
+from tests.support.idp import IdpError, IdpServer  # noqa: E402  # after the path set-up above
 from tests.support.openbao import OpenBaoServer  # noqa: E402
 
 KV_PATH = "demo/app"
@@ -122,11 +122,17 @@ def watch(
         if sidecar.poll() is None:
             sidecar.send_signal(signal.SIGTERM)
         code = sidecar.wait(timeout=30)
-    stats = idp.stats()
-    print(
-        f"\n{refreshes} token(s) published; exchanges: {stats['refresh_succeeded']}, "
-        f"refresh-token reuse: {stats['refresh_token_reuse']}, sidecar exit code {code}"
-    )
+    summary = f"\n{refreshes} token(s) published, sidecar exit code {code}"
+    try:
+        stats = idp.stats()
+    except IdpError:
+        pass  # Ctrl-C reached the whole process group: the server is already gone
+    else:
+        summary += (
+            f"; exchanges: {stats['refresh_succeeded']}, "
+            f"refresh-token reuse: {stats['refresh_token_reuse']}"
+        )
+    print(summary)
     return code
 
 

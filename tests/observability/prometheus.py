@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -25,6 +24,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.deployment import free_port
+
 __all__ = [
     "DASHBOARD_FILE",
     "ROOT",
@@ -33,7 +34,6 @@ __all__ = [
     "PrometheusServer",
     "ScrapeTarget",
     "dashboard_queries",
-    "free_port",
     "require",
     "runnable_query",
     "shorten_for",
@@ -56,12 +56,6 @@ def require(binary: str) -> str:
             "(apt-get install -y prometheus), which provides prometheus and promtool"
         )
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _seconds(duration: str) -> int:

@@ -1,4 +1,4 @@
-"""A real token-sidecar process against the real OpenBao and oidc-provider test servers.
+"""A real token-sidecar process for the monitoring tests, on top of the shared Deployment.
 
 Set up as a platform engineer would (a Vault policy and Kubernetes-auth role, a seeded secret)
 and configured only through documented keys, with short back-off and secret polling so that
@@ -8,57 +8,22 @@ failures and recoveries show within seconds.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any
 
 import httpx
-import yaml
 
-from tests.observability.prometheus import free_port
-from tests.support.idp import IdpServer
-from tests.support.openbao import OpenBaoServer
+from tests.support.deployment import KV_PATH, ROLE, Deployment, wait_for
 
 __all__ = ["KV_PATH", "SidecarProcess", "wait_for"]
 
-ROLE = "observability"
-KV_PATH = "apps/observability/billing"
 CLIENT = "client-basic"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    """Poll until ``predicate()`` is truthy; return its last value (falsy on timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
 @dataclass
-class SidecarProcess:
-    openbao: OpenBaoServer
-    idp: IdpServer
-    root: Path
+class SidecarProcess(Deployment):
+    seeded: str = ""
     grant_id: str = ""
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def output_dir(self) -> Path:
-        return self.root / "tokens" / "billing"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "sidecar.log"
 
     @property
     def address(self) -> str:
@@ -71,6 +36,7 @@ class SidecarProcess:
         (self.root / "sa-token").write_text(self.openbao.mint_sa_jwt())
         grant = self.idp.seed(CLIENT)
         self.grant_id = grant.grant_id
+        self.seeded = grant.refresh_token
         self.openbao.put_secret(
             KV_PATH,
             {
@@ -79,71 +45,13 @@ class SidecarProcess:
                 "client_secret": self.idp.client_secret(CLIENT),
             },
         )
-        config = {
-            "vault": {
-                "address": self.openbao.address,
-                "auth": {
-                    "method": "kubernetes",
-                    "role": ROLE,
-                    "jwt_file": str(self.root / "sa-token"),
-                },
-            },
-            "credentials": [
-                {
-                    "name": "billing",
-                    "kv_path": KV_PATH,
-                    "token_endpoint": self.idp.token_endpoint,
-                    "output_dir": str(self.output_dir),
-                }
-            ],
-            "server": {"address": self.address},
-            "log": {"level": "debug", "format": "json"},
-            "journal": {"dir": str(self.root / "journal")},
-            "refresh": {
-                "min_margin_seconds": 1,
-                "ready_margin_seconds": 1,
+        self.write_config(
+            refresh={
                 "backoff_initial_seconds": 0.5,
                 "backoff_max_seconds": 2,
                 "secret_poll_seconds": 1,
-                "shutdown_grace_seconds": 5,
-            },
-        }
-        (self.root / "config.yaml").write_text(yaml.safe_dump(config))
-
-    def start(self) -> None:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("TOKEN_SIDECAR_", "VAULT_"))
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "sidecar",
-                    "run",
-                    "--config",
-                    str(self.root / "config.yaml"),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-            )
-
-    def stop(self, timeout: float = 10) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; only the process this object started."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return None if process is None else process.returncode
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait(timeout=timeout)
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://{self.address}{path}", timeout=5)
+            }
+        )
 
     def token_expires_at(self) -> float | None:
         """``expires_at`` of the published token.json (Unix time), or None before the first."""
@@ -161,6 +69,3 @@ class SidecarProcess:
             return None
         state: str = body["credentials"]["billing"]["state"]
         return state
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +30,7 @@ from tests.support.openbao import OpenBaoServer
 
 __all__ = [
     "KV_PATH",
+    "ROLE",
     "Deployment",
     "Reader",
     "assert_vault_holds_the_live_token",
@@ -150,10 +151,17 @@ class Deployment:
         self.process.kill()
         self.process.wait(timeout=10)
 
-    def stop(self, timeout: float = 10) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; only the process this object started."""
+        process = self.process
+        if process is None:
+            return None
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(timeout=timeout)
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
@@ -162,7 +170,7 @@ class Deployment:
         return self.openbao.read_secret(KV_PATH)
 
     def logs(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def clean_env() -> dict[str, str]:
@@ -194,13 +202,14 @@ def deployment(openbao: OpenBaoServer, idp: IdpServer, tmp_path: Path) -> Iterat
             each.process.wait(timeout=10)
 
 
-def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> bool:
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+    """Poll until ``predicate()`` is truthy; return its last value (falsy on timeout)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
         time.sleep(interval)
-    return bool(predicate())
 
 
 class Reader(threading.Thread):
