@@ -359,9 +359,12 @@ def test_events_get_rbac_and_an_api_token_in_the_sidecar_only() -> None:
     assert mounts(rendered.sidecar)["token-sidecar-kube-api"]["mountPath"] == api
     assert "token-sidecar-kube-api" not in mounts(rendered.app)
     assert rendered.pod["automountServiceAccountToken"] is False
+    env = {item["name"]: item for item in rendered.sidecar["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     without = render(EXAMPLE)
     assert "Role" not in without.kinds
     assert "token-sidecar-kube-api" not in mounts(without.sidecar)
+    assert "NODE_NAME" not in {item["name"] for item in without.sidecar["env"]}
 
 
 def test_approle_reads_its_secret_from_a_mounted_secret() -> None:

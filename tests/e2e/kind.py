@@ -191,8 +191,10 @@ def skip_message(missing: Sequence[str]) -> str:
 # -- the image -------------------------------------------------------------------------------
 
 
-def build_image(tag: str, *, timeout: float = 900.0) -> None:
-    """``docker build`` the sidecar image from the repository's Dockerfile (BuildKit)."""
+def build_image(tag: str, *, extras: str = "", timeout: float = 900.0) -> None:
+    """``docker build`` the sidecar image from the repository's Dockerfile (BuildKit);
+    ``extras`` is the Dockerfile's ``EXTRAS`` (``kubernetes`` for the variant that can emit
+    Events)."""
     from sidecar import __version__  # noqa: PLC0415  # only when an image is built
 
     revision = run(["git", "rev-parse", "HEAD"], timeout=10, check=False, cwd=ROOT).stdout
@@ -206,6 +208,8 @@ def build_image(tag: str, *, timeout: float = 900.0) -> None:
             f"VERSION={__version__}",
             "--build-arg",
             f"REVISION={revision.strip() or 'unknown'}",
+            "--build-arg",
+            f"EXTRAS={extras}",
             str(ROOT),
         ],
         timeout=timeout,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -210,6 +210,18 @@ class Vault:
         )
         return int(answer["data"]["version"])
 
+    def reseed(self, refresh_token: str) -> int:
+        """Re-seed the refresh token as the runbook says (``kv patch ... refresh_token=-``, the
+        value on stdin): the other fields, and the sidecar's own, are kept. Returns the version.
+        """
+        answer = json.loads(
+            self._bao(
+                ["kv", "patch", "-format=json", f"-mount={KV_MOUNT}", KV_PATH, "refresh_token=-"],
+                refresh_token,
+            )
+        )
+        return int(answer["data"]["version"])
+
     def read(self) -> tuple[dict[str, Any], int]:
         """The secret's latest ``(data, version)``."""
         answer = json.loads(
@@ -231,6 +243,14 @@ def in_cluster_idp(kubectl: Kubectl) -> IdpCaller:
         ).stdout
 
     return call
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A grant minted by the test server: its first refresh token, and its id for revoking."""
+
+    refresh_token: str = field(repr=False)
+    grant_id: str
 
 
 class Idp:
@@ -259,10 +279,14 @@ class Idp:
             raise E2EError(f"{method} {path} answered {status}: {redact(str(answer))[:300]}")
         return answer
 
-    def seed(self) -> str:
-        """Mint a grant for :data:`CLIENT_ID` and return its first refresh token."""
+    def seed(self) -> Grant:
+        """Mint a grant for :data:`CLIENT_ID`: its id and first refresh token."""
         answer = self._ok("POST", "/_test/seed", {"client_id": CLIENT_ID, "scope": SCOPE})
-        return register_secret(str(answer["refresh_token"]))
+        return Grant(register_secret(str(answer["refresh_token"])), str(answer["grant_id"]))
+
+    def revoke(self, grant_id: str) -> None:
+        """Revoke a grant as an administrator would: its refresh tokens get ``invalid_grant``."""
+        self._ok("POST", "/_test/revoke", {"grant_id": grant_id})
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self._ok("GET", "/_test/stats")
@@ -308,8 +332,30 @@ def chart_values(image_tag: str) -> dict[str, Any]:
                 }
             ],
             "log": {"level": "debug", "format": "json"},
+            # A re-seeded refresh token is picked up within seconds, not the default 30.
+            "refresh": {"secret_poll_seconds": 3},
         },
+        # Kubernetes Events on the pod; the image is built with EXTRAS=kubernetes.
+        "events": {"enabled": True},
     }
+
+
+def pod_events(kubectl: Kubectl, pod_name: str, reason: str) -> list[dict[str, Any]]:
+    """The Events recorded on the app's pod with ``reason`` (``core/v1``, as ``kubectl describe
+    pod`` lists them)."""
+    answer = kubectl(
+        "get",
+        "events",
+        "--namespace",
+        APP_NAMESPACE,
+        "--field-selector",
+        f"involvedObject.kind=Pod,involvedObject.name={pod_name},reason={reason}",
+        "--output",
+        "json",
+        timeout=30,
+    ).stdout
+    items: list[dict[str, Any]] = json.loads(answer)["items"]
+    return items
 
 
 def is_hook(obj: Mapping[str, Any]) -> bool:

@@ -18,7 +18,13 @@ What it proves, step by step:
    write to the volume;
 6. rotation: the rotated refresh token lands in Vault, twice, with no refresh token presented
    twice (the server's reuse counter stays at 0), and the app sees the new access token;
-7. ``token-sidecar check`` passes inside the pod and ``helm test`` (or the chart's test Pod,
+7. Kubernetes Events (the image built with ``EXTRAS=kubernetes``, ``events.enabled`` in the
+   chart, its Role and the API token mounted in the sidecar alone): with the grant revoked at
+   the authorization server, a ``Warning`` ``RefreshTokenRejected`` Event is recorded on the pod
+   and ``kubectl describe pod`` shows it; after the refresh token is re-seeded in Vault as the
+   runbook says (``kv patch ... refresh_token=-``), a ``Normal`` ``TokenRecovered`` Event
+   follows and the app reads a fresh token again;
+8. ``token-sidecar check`` passes inside the pod and ``helm test`` (or the chart's test Pod,
    without a helm binary) reaches /readyz through the Service.
 
 Skips, naming what is missing, without a Docker engine, kind or kubectl. Environment knobs:
@@ -100,7 +106,7 @@ def image_tag(cluster: KindCluster) -> Iterator[str]:
     tag = f"e2e-{secrets.token_hex(4)}"
     image = f"{stack.SIDECAR_REPOSITORY}:{tag}"
     try:
-        build_image(image)
+        build_image(image, extras="kubernetes")
         cluster.load_image(image)
         yield tag
     finally:
@@ -174,10 +180,10 @@ def _read_token(kubectl: Kubectl, pod: str) -> dict[str, object]:
     return wait_until("token.json and access_token to agree", consistent, timeout=30, interval=1)
 
 
-def _start_infra(kubectl: Kubectl) -> tuple[stack.Vault, stack.Idp, str, int]:
+def _start_infra(kubectl: Kubectl) -> tuple[stack.Vault, stack.Idp, stack.Grant, int]:
     """OpenBao and the IdP running and configured, the refresh token seeded in KV.
 
-    Returns the Vault and IdP drivers, the seeded refresh token and the secret's version.
+    Returns the Vault and IdP drivers, the seeded grant and the secret's version.
     """
     stack_secrets = stack.StackSecrets.generate()
     objects = stack.manifest_objects()
@@ -194,7 +200,7 @@ def _start_infra(kubectl: Kubectl) -> tuple[stack.Vault, stack.Idp, str, int]:
     seeded = idp.seed()
     version = vault.put(
         {
-            "refresh_token": seeded,
+            "refresh_token": seeded.refresh_token,
             "client_id": stack.CLIENT_ID,
             "client_secret": stack_secrets.client_secret,
         }
@@ -309,6 +315,51 @@ def _assert_rotations_land_in_vault(
     assert not problems, problems
 
 
+def _node(kubectl: Kubectl) -> str:
+    return str(stack.app_pod(kubectl)["spec"]["nodeName"])
+
+
+def _assert_events_on_rejection_and_recovery(
+    kubectl: Kubectl, vault: stack.Vault, idp: stack.Idp, pod_name: str, grant: stack.Grant
+) -> None:
+    idp.revoke(grant.grant_id)  # the next refresh is answered invalid_grant
+
+    def recorded(reason: str) -> list[dict[str, object]] | None:
+        return stack.pod_events(kubectl, pod_name, reason) or None
+
+    rejected = wait_until(
+        "a RefreshTokenRejected Event on the pod",
+        lambda: recorded("RefreshTokenRejected"),
+        timeout=120,
+        interval=3,
+    )
+    assert rejected[0]["type"] == "Warning", rejected
+    assert stack.CREDENTIAL in str(rejected[0]["message"]), rejected
+    assert rejected[0]["source"] == {"component": "token-sidecar", "host": _node(kubectl)}, rejected
+    assert rejected[0]["involvedObject"]["uid"] == stack.app_pod(kubectl)["metadata"]["uid"]
+    described = kubectl("describe", "pod", "--namespace", stack.APP_NAMESPACE, pod_name).stdout
+    assert "RefreshTokenRejected" in described, redact(described)[-3000:]
+
+    # The runbook's fix: a new refresh token patched into the secret.
+    before = _read_token(kubectl, pod_name)
+    vault.reseed(idp.seed().refresh_token)
+    recovered = wait_until(
+        "a TokenRecovered Event on the pod",
+        lambda: recorded("TokenRecovered"),
+        timeout=60,
+        interval=3,
+    )
+    assert recovered[0]["type"] == "Normal", recovered
+
+    def fresh_token() -> dict[str, object] | None:
+        latest = _read_token(kubectl, pod_name)
+        return latest if latest["access_token"] != before["access_token"] else None
+
+    latest = wait_until("the app to read a token from the re-seeded grant", fresh_token, 60)
+    problems = stack.token_problems(latest, now=datetime.now(UTC))
+    assert not problems, problems
+
+
 def test_chart_in_kind(cluster: KindCluster, image_tag: str) -> None:
     kubectl = cluster.kubectl
     installer = _installer()
@@ -318,7 +369,7 @@ def test_chart_in_kind(cluster: KindCluster, image_tag: str) -> None:
             f"kind made a Kubernetes {version[0]}.{version[1]} cluster; native sidecars need "
             f">= 1.29: set {NODE_IMAGE_ENV} to a newer kindest/node image"
         )
-        vault, idp, seeded, seeded_version = _start_infra(kubectl)
+        vault, idp, grant, seeded_version = _start_infra(kubectl)
 
         values = stack.chart_values(image_tag)
         pod_name = _install_chart(kubectl, installer, values)
@@ -340,10 +391,11 @@ def test_chart_in_kind(cluster: KindCluster, image_tag: str) -> None:
             vault,
             idp,
             pod_name,
-            seeded=seeded,
+            seeded=grant.refresh_token,
             seeded_version=seeded_version,
             first_token=token,
         )
+        _assert_events_on_rejection_and_recovery(kubectl, vault, idp, pod_name, grant)
 
         # The chart's own test (/readyz through the Service), and nothing restarted meanwhile.
         if installer == "helm":

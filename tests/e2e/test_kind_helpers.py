@@ -20,6 +20,7 @@ from tests.e2e.kind import (
     E2EError,
     KindCluster,
     Kubectl,
+    build_image,
     missing_prerequisites,
     register_secret,
     run,
@@ -169,6 +170,35 @@ def test_kubectl_always_names_the_cluster(bin_dir: Path, tmp_path: Path) -> None
     assert calls[1]["argv"][5:] == ["apply", "--filename", "-"]
     assert yaml.safe_load(calls[1]["stdin"])["kind"] == "Namespace"
     assert calls[2]["argv"][5:] == ["get", "pods", "--output", "json"]
+
+
+def test_pod_events_asks_for_one_reason_on_one_pod(bin_dir: Path, tmp_path: Path) -> None:
+    event = {"reason": "RefreshTokenRejected", "type": "Warning", "message": "m"}
+    answer = json.dumps({"items": [event]})
+    _tool(bin_dir, "kubectl", f"print({json.dumps(answer)})")
+    kubectl = Kubectl(tmp_path / "kubeconfig", "kind-x")
+    assert stack.pod_events(kubectl, "app-123", "RefreshTokenRejected") == [event]
+    assert _calls(bin_dir)[0]["argv"][5:] == [
+        "get",
+        "events",
+        "--namespace",
+        stack.APP_NAMESPACE,
+        "--field-selector",
+        "involvedObject.kind=Pod,involvedObject.name=app-123,reason=RefreshTokenRejected",
+        "--output",
+        "json",
+    ]
+
+
+def test_the_image_is_built_with_the_extras_asked_for(bin_dir: Path) -> None:
+    _tool(bin_dir, "docker")
+    _tool(bin_dir, "git", 'print("0123abcd")')
+    build_image("token-sidecar:e2e-1", extras="kubernetes")
+    argv = _calls(bin_dir)[-1]["argv"]
+    assert argv[1:4] == ["build", "--tag", "token-sidecar:e2e-1"]
+    build_args = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--build-arg"]
+    assert "EXTRAS=kubernetes" in build_args
+    assert "REVISION=0123abcd" in build_args
 
 
 def test_server_version(bin_dir: Path, tmp_path: Path) -> None:

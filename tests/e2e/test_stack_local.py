@@ -182,7 +182,7 @@ def forwarder(idp: IdpServer) -> Iterator[int]:
 def test_seed_exchange_through_the_forwarder_and_userinfo(
     idp: IdpServer, local_idp: stack.Idp, forwarder: int
 ) -> None:
-    refresh_token = local_idp.seed()
+    refresh_token = local_idp.seed().refresh_token
     # The sidecar's request, with the Host header it sends in the cluster.
     response = httpx.post(
         f"http://127.0.0.1:{forwarder}/token",
@@ -201,6 +201,40 @@ def test_seed_exchange_through_the_forwarder_and_userinfo(
     assert stats["refresh_succeeded"] == 1
     assert stats["grants_seeded"] >= 1
     assert stats["refresh_token_reuse"] == 0
+
+
+def test_a_revoked_grant_is_refused_and_the_runbook_reseed_keeps_the_other_fields(
+    idp: IdpServer, local_idp: stack.Idp, vault: stack.Vault
+) -> None:
+    grant = local_idp.seed()
+    local_idp.revoke(grant.grant_id)
+    response = httpx.post(
+        idp.token_endpoint,
+        data={"grant_type": "refresh_token", "refresh_token": grant.refresh_token},
+        auth=(stack.CLIENT_ID, idp.client_secret(stack.CLIENT_ID) or ""),
+        timeout=10,
+    )
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_grant")
+
+    shared = '{"claim": null}'
+    version = vault.put(
+        {
+            "refresh_token": grant.refresh_token,
+            "client_id": stack.CLIENT_ID,
+            "token_sidecar": shared,
+        }
+    )
+    fresh = local_idp.seed()
+    assert vault.reseed(fresh.refresh_token) == version + 1
+    assert vault.read() == (
+        {
+            "refresh_token": fresh.refresh_token,
+            "client_id": stack.CLIENT_ID,
+            "token_sidecar": shared,
+        },
+        version + 1,
+    )
+    assert fresh.refresh_token not in repr(fresh)  # kept out of failure messages
 
 
 def test_idp_call_rejects_a_bad_request(idp: IdpServer) -> None:

@@ -144,6 +144,13 @@ classic mode it belongs in containers.
       valueFrom:
         fieldRef:
           fieldPath: metadata.uid
+    {{- if .Values.events.enabled }}
+    # The source host of Events, as the kubelet's own Events name their node.
+    - name: NODE_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: spec.nodeName
+    {{- end }}
     {{- with $v.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
