@@ -8,8 +8,8 @@ real config file) against the real servers, in this process, with two changes on
   secret, claim with check-and-set, exchange at the token endpoint, journal, write back,
   publish the files, log, update metrics); only the sleeps between them are skipped;
 - timing proxies around the refresher's ports (Vault store, token endpoint, token files,
-  journal) that record wall time and process CPU time (``time.process_time``: every thread,
-  including hvac's worker threads) of each call.
+  journal) that record wall time and process CPU time (``time.process_time``, every thread)
+  of each call.
 
 Per rotation (publish to publish, the first one with the Vault login left out):
 
@@ -17,8 +17,8 @@ Per rotation (publish to publish, the first one with the Vault login left out):
 - ``vault_wait`` / ``idp_wait``: wall time inside the awaited Vault and token endpoint calls,
   minus the CPU this process spent during them (client-side HTTP work is the sidecar's own);
 - ``files``: the journal and token files (write, fsync, rename) — local, the sidecar's own;
-- ``own_cpu``: all CPU the process used in the rotation: decisions, logging, metrics, hvac and
-  httpx building and parsing requests. This is the sidecar's own time per rotation.
+- ``own_cpu``: all CPU the process used in the rotation: decisions, logging, metrics, httpx
+  building and parsing requests. This is the sidecar's own time per rotation.
 
 A second pass runs the same loop under ``cProfile`` (event-loop thread only) and keeps the
 functions with the most own time, to show where ``own_cpu`` goes.

@@ -48,6 +48,9 @@ from bench.startup import measure_startup
 
 __all__ = ["MEASUREMENTS", "main"]
 
+IMAGE_PYTHON_OPTIONS = ("-OO",)
+"""How the image runs Python (its ``PYTHONOPTIMIZE=2``): every sidecar here runs the same way."""
+
 MEASUREMENTS = ("startup", "imports", "idle", "fleet", "scaling", "replicas", "overhead")
 
 
@@ -152,9 +155,9 @@ def _meta(lab: Lab, source: Path, plan: Plan) -> dict[str, Any]:
         "servers": f"OpenBao dev server (same binary), {_node_versions(lab)}; all on 127.0.0.1",
         "libraries": _versions(
             (
-                "hvac",
-                "requests",
                 "httpx",
+                "httpcore",
+                "anyio",
                 "pydantic",
                 "pydantic-settings",
                 "structlog",
@@ -286,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="OPTION",
-        help="interpreter option for the sidecars, e.g. -OO (repeatable)",
+        help="another interpreter option for the sidecars, after the image's -OO (repeatable)",
     )
     parser.add_argument(
         "--dev-venv",
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     idps = {"main": 3600, "scale": plan.scale_ttl}
     idps.update({f"rep{n}": plan.replica_ttl for n in plan.replica_groups})
-    options = tuple(args.python_option)
+    options = (*IMAGE_PYTHON_OPTIONS, *args.python_option)
     python = sys.executable if args.dev_venv else str(runtime_python(source, options))
     lab = Lab(root=work, source=source, idp_ttls=idps, python=python, python_options=options)
     results: dict[str, Any] = {}

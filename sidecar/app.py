@@ -108,7 +108,13 @@ class App:
             on_lease=self.metrics.vault_token_lease,
         )
         self.http: httpx.AsyncClient = make_http_client(
-            settings.http.ca_cert, settings.http.timeout_seconds
+            settings.http.ca_cert,
+            settings.http.timeout_seconds,
+            # A trust store costs megabytes; discovery may name an https endpoint.
+            tls=any(
+                c.issuer or (c.token_endpoint or "").startswith("https:")
+                for c in settings.credentials
+            ),
         )
         refresh = settings.refresh
         coordination = settings.coordination
@@ -247,7 +253,7 @@ class App:
 
     async def close(self) -> None:
         await self.http.aclose()
-        self.vault.close()
+        await self.vault.aclose()
         if self.events is not None:
             await asyncio.to_thread(self.events.close)
 

@@ -1,6 +1,6 @@
 """The project's one error tree.
 
-Adapters translate third-party exceptions (hvac, httpx, OS errors) into these classes at the
+Adapters translate third-party exceptions (httpx, OS errors) into these classes at the
 boundary with ``raise ... from exc``; the core decides what to do from the class alone.
 
 ::

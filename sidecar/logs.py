@@ -2,7 +2,7 @@
 
 Log events, not sentences: ``log.info("token.refreshed", credential="app", expires_in=300)``.
 Get loggers with ``structlog.get_logger(__name__)``: names under ``sidecar`` log at the
-configured level, everything else (hvac, httpx, httpcore, urllib3, asyncio, ``warnings``) at
+configured level, everything else (httpx, httpcore, asyncio, ``warnings``) at
 WARNING and above, so that a library's request line with a token in its URL never appears.
 
 Both kinds of record meet in one :class:`logging.StreamHandler` whose structlog

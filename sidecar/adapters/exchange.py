@@ -48,7 +48,6 @@ from sidecar.config import CredentialConfig
 from sidecar.discovery import DiscoveryInfo, discovery_urls, parse_discovery
 from sidecar.errors import (
     ClientRejected,
-    ConfigError,
     MalformedResponse,
     ResponseLost,
     SidecarError,
@@ -64,6 +63,7 @@ from sidecar.oauth import (
     refresh_token_from_error,
 )
 from sidecar.redact import REDACTOR, Redactor
+from sidecar.tls import client_context
 
 __all__ = ["USER_AGENT", "TokenEndpoint", "make_http_client"]
 
@@ -72,20 +72,18 @@ log = structlog.get_logger("sidecar.exchange")
 USER_AGENT = f"token-sidecar/{__version__}"
 
 
-def make_http_client(ca_cert: Path | None, timeout: float) -> httpx.AsyncClient:
+def make_http_client(
+    ca_cert: Path | None, timeout: float, *, tls: bool = True
+) -> httpx.AsyncClient:
     """The HTTP client for every token endpoint and discovery document.
 
     ``ca_cert`` replaces the system trust store (``SSL_CERT_FILE``/``SSL_CERT_DIR`` apply
     otherwise). Proxies come from the usual environment variables. Raises ConfigError naming
-    ``http.ca_cert`` when the bundle cannot be loaded.
+    ``http.ca_cert`` when the bundle cannot be loaded. ``tls=False`` (every endpoint is plain
+    http and redirects are never followed) loads no trust store at all: an https URL would
+    then fail verification rather than go unverified.
     """
-    try:
-        context = ssl.create_default_context(cafile=str(ca_cert) if ca_cert else None)
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror or exc.__class__.__name__
-        raise ConfigError(
-            [f"http.ca_cert: cannot load a CA bundle from {ca_cert} ({reason})"]
-        ) from exc
+    context = client_context(ca_cert, needed=tls, setting="http.ca_cert")
     return httpx.AsyncClient(
         verify=context,
         follow_redirects=False,

@@ -116,6 +116,20 @@ def test_once_writes_the_files_and_the_rotated_token(deployment: Deployment) -> 
     assert dep.seeded not in result.stderr + result.stdout
 
 
+def test_runs_as_the_image_runs_it_with_pythonoptimize_2(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The image sets PYTHONOPTIMIZE=2: no docstrings, no asserts. Nothing may depend on them.
+    monkeypatch.setenv("PYTHONOPTIMIZE", "2")
+    dep = deployment
+    check = dep.cli("check")
+    assert check.returncode == 0, check.stderr
+    result = dep.cli("once")
+    assert result.returncode == 0, result.stderr
+    assert (dep.output_dir / "access_token").read_text()
+    assert dep.vault_secret()[0]["refresh_token"] != dep.seeded
+
+
 def test_once_reports_a_rejected_token_and_exits_non_zero(deployment: Deployment) -> None:
     dep = deployment
     dep.openbao.put_secret(KV_PATH, {**dep.vault_secret()[0], "refresh_token": "not-a-live-token"})

@@ -81,7 +81,7 @@ class Pod:
         try:
             yield session, VaultSecretStore(session, "secret", KV_PATH)
         finally:
-            session.close()
+            run(session.aclose())
 
 
 @pytest.fixture
@@ -95,8 +95,23 @@ def pod(openbao: OpenBaoServer, tmp_path: Path) -> Pod:
     return Pod(openbao, jwt_file)
 
 
+_loop: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(autouse=True)
+def event_loop_of_the_test() -> Iterator[None]:
+    """One event loop per test, as in the sidecar: the session's connections belong to it."""
+    loop = asyncio.new_event_loop()
+    _loop.append(loop)
+    try:
+        yield
+    finally:
+        _loop.remove(loop)
+        loop.close()
+
+
 def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+    return _loop[-1].run_until_complete(coro)
 
 
 # -- logins --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from sidecar.adapters.vault import parse_retry_after as vault_retry_after
 from sidecar.adapters.vault import secret_from_kv
+from sidecar.adapters.vault.api import UnexpectedResponse
 from sidecar.backoff import BackoffPolicy, backoff_delay
 from sidecar.config import RefreshConfig, load_settings
 from sidecar.discovery import parse_discovery
@@ -210,11 +211,9 @@ def test_any_discovery_document_is_accepted_or_a_project_error(body: bytes, issu
 @PROPERTY
 @given(response=JSON_VALUE)
 def test_any_kv_answer_is_a_secret_or_an_error(response: Any) -> None:
-    from sidecar.adapters import vault  # noqa: PLC0415
-
     try:
         secret = secret_from_kv(response, "secret/app")
-    except (SidecarError, vault._UnexpectedResponseError):
+    except (SidecarError, UnexpectedResponse):
         return
     assert secret.refresh_token.strip()
     assert secret.version >= 1

@@ -1,31 +1,34 @@
 """The Vault adapter's decisions and error mapping, with Vault's answers played by a transport.
 
-hvac takes a ``requests.Session``; the session here mounts :class:`FakeVault`, an HTTP transport
-that answers from a table and records what was sent. Nothing inside hvac or the adapter is
-patched. The same behaviour against the real OpenBao is in tests/integration/test_vault_store.py.
+The session's ``httpx.AsyncClient`` is given :class:`FakeVault`, an ``httpx`` transport that
+answers from a table and records what was sent. Nothing inside httpx or the adapter is patched.
+Each test runs on one event loop of its own, as the sidecar does. The same behaviour against the
+real OpenBao is in tests/integration/test_vault_store.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import threading
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import pytest
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
+from sidecar import __version__
 from sidecar.adapters.vault import (
     TokenLease,
     VaultSecretStore,
@@ -34,10 +37,12 @@ from sidecar.adapters.vault import (
     plan_token,
     renewal_is_useful,
     secret_from_kv,
+    tls_context,
 )
 from sidecar.config import VaultAuthConfig, VaultConfig
 from sidecar.errors import (
     CasConflict,
+    ConfigError,
     FinalError,
     SecretInvalid,
     SecretNotFound,
@@ -47,6 +52,8 @@ from sidecar.errors import (
     VaultUnavailable,
 )
 from sidecar.model import StoredSecret
+
+T = TypeVar("T")
 
 ADDRESS = "http://127.0.0.1:8200"
 LOCATION = "secret/team/app"
@@ -71,23 +78,22 @@ class Answer:
 class Seen:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: httpx.Headers
     body: Any
-    verify: Any
     timeout: Any
+    """The timeouts the client set on the request (``request.extensions["timeout"]``)."""
 
 
 Reply = Answer | Exception
 
 
-class FakeVault(HTTPAdapter):
+class FakeVault(httpx.AsyncBaseTransport):
     """Answers each (method, path) from a queue; the last answer repeats."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.routes: dict[tuple[str, str], list[Reply]] = {}
         self.seen: list[Seen] = []
-        self._lock = threading.Lock()
+        self.closed = False
 
     def on(self, method: str, path: str, *replies: Reply) -> FakeVault:
         self.routes[(method, path)] = list(replies)
@@ -99,41 +105,36 @@ class FakeVault(HTTPAdapter):
     def count(self, method: str, path: str) -> int:
         return sum(1 for s in self.seen if (s.method, s.path) == (method, path))
 
-    def send(  # noqa: PLR0917  # the signature of requests' HTTPAdapter.send
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: Any = None,
-        verify: Any = True,
-        cert: Any = None,
-        proxies: Any = None,
-    ) -> requests.Response:
-        path = (request.path_url or "").split("?")[0]
-        method = request.method or ""
-        body = json.loads(request.body) if request.body else None
-        with self._lock:
-            self.seen.append(Seen(method, path, dict(request.headers), body, verify, timeout))
-            queue = self.routes.get((method, path))
-            if not queue:
-                reply: Reply = Answer(404, {"errors": []})
-            elif len(queue) > 1:
-                reply = queue.pop(0)
-            else:
-                reply = queue[0]
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        content = await request.aread()
+        body = json.loads(content) if content else None
+        method, path = request.method, request.url.path
+        timeout = request.extensions.get("timeout")
+        self.seen.append(Seen(method, path, httpx.Headers(request.headers), body, timeout))
+        queue = self.routes.get((method, path))
+        if not queue:
+            reply: Reply = Answer(404, {"errors": []})
+        elif len(queue) > 1:
+            reply = queue.pop(0)
+        else:
+            reply = queue[0]
         if isinstance(reply, Exception):
             raise reply
         if reply.delay:
-            time.sleep(reply.delay)
+            await asyncio.sleep(reply.delay)
         payload = json.dumps(reply.body if reply.body is not None else {}).encode()
-        raw = urllib3.HTTPResponse(
-            body=io.BytesIO(payload),
-            headers={"Content-Type": "application/json", **reply.headers},
-            status=reply.status,
-            reason="Fake",
-            preload_content=False,
-            decode_content=False,
-        )
-        return self.build_response(request, raw)
+        headers = {"Content-Type": "application/json", **reply.headers}
+        return httpx.Response(reply.status, headers=headers, content=payload)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def tls_failure() -> httpx.ConnectError:
+    """What httpx raises when the certificate is not trusted: a ConnectError from an SSLError."""
+    failure = httpx.ConnectError("handshake failed")
+    failure.__cause__ = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    return failure
 
 
 def login_answer(
@@ -168,6 +169,25 @@ class FakeClock:
         return self.now
 
 
+_loop: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(autouse=True)
+def event_loop_of_the_test() -> Iterator[None]:
+    """One event loop per test, as in the sidecar: the session's client belongs to it."""
+    loop = asyncio.new_event_loop()
+    _loop.append(loop)
+    try:
+        yield
+    finally:
+        _loop.remove(loop)
+        loop.close()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return _loop[-1].run_until_complete(coro)
+
+
 @dataclass
 class Rig:
     vault: FakeVault
@@ -175,6 +195,7 @@ class Rig:
     store: VaultSecretStore
     clock: FakeClock
     events: list[tuple[str, str]]
+    leases: list[float | None]
     jwt_file: Path
 
 
@@ -197,29 +218,23 @@ def make_rig(
     auth = auth or VaultAuthConfig(method="kubernetes", role="app", jwt_file=jwt_file)
     config = VaultConfig(address=ADDRESS, auth=auth, **vault)
     fake = FakeVault()
-    http = requests.Session()
-    http.mount(ADDRESS, fake)
     clock = FakeClock()
     events: list[tuple[str, str]] = []
+    leases: list[float | None] = []
     session = VaultSession(
         config,
         on_request=lambda op, outcome: events.append((op, outcome)),
+        on_lease=leases.append,
         environ=environ or {},
-        session=http,
+        transport=fake,
         monotonic=clock,
     )
     fake.on("POST", "/v1/auth/kubernetes/login", login_answer())
+    store = VaultSecretStore(session, "secret", "team/app")
     try:
-        yield Rig(
-            fake, session, VaultSecretStore(session, "secret", "team/app"), clock, events, jwt_file
-        )
+        yield Rig(fake, session, store, clock, events, leases, jwt_file)
     finally:
-        session.close()
-        http.close()
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+        run(session.aclose())
 
 
 # -- pure decisions ------------------------------------------------------------------------------
@@ -432,23 +447,74 @@ def test_concurrent_credentials_log_in_once(rig: Rig) -> None:
 
     assert len(run(many())) == 8
     assert rig.vault.count("POST", "/v1/auth/kubernetes/login") == 1
-    assert rig.vault.count("GET", KV_PATH) == 8
+    reads = [s.headers.get("X-Vault-Token") for s in rig.vault.seen if s.path == KV_PATH]
+    assert reads == [VAULT_TOKEN] * 8  # every read waited for the one login
+    assert rig.events.count(("login", "success")) == 1
 
 
 def test_connection_settings_reach_every_request(tmp_path: Path) -> None:
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not used by the fake transport")
-    with make_rig(tmp_path, namespace="team-a", ca_cert=ca, timeout_seconds=3.5) as rig:
+    with make_rig(tmp_path, namespace="team-a", timeout_seconds=3.5) as rig:
         rig.vault.on("GET", KV_PATH, kv_answer(secret_data()))
         run(rig.store.read())
+        assert rig.vault.paths() == ["POST /v1/auth/kubernetes/login", f"GET {KV_PATH}"]
         for seen in rig.vault.seen:
             assert seen.headers["X-Vault-Namespace"] == "team-a"
-            assert seen.verify == str(ca)
-            assert seen.timeout == 3.5
+            assert seen.headers["X-Vault-Request"] == "true"
+            assert seen.headers["User-Agent"] == f"token-sidecar/{__version__}"
+            assert seen.timeout == dict.fromkeys(("connect", "read", "write", "pool"), 3.5)
     with make_rig(tmp_path) as rig:
         run(rig.session.login())
-        assert rig.vault.seen[0].verify not in (False, None)
         assert "X-Vault-Namespace" not in rig.vault.seen[0].headers
+        assert rig.vault.seen[0].timeout["read"] == 10.0  # the default vault.timeout_seconds
+
+
+def _ca_bundle(path: Path, common_name: str) -> Path:
+    """A self-signed CA certificate in PEM, for a trust store to load."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_tls_trust_is_loaded_for_https_only(tmp_path: Path) -> None:
+    auth = VaultAuthConfig(method="token")
+    https = "https://vault.example:8200"
+    missing = tmp_path / "missing.pem"
+    # Plain http loads no trust store, not even a configured one, yet still verifies: a
+    # redirect to https would fail, never go unverified.
+    plain = tls_context(VaultConfig(address=ADDRESS, auth=auth, ca_cert=missing))
+    assert isinstance(plain, ssl.SSLContext)
+    assert (plain.verify_mode, plain.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert plain.cert_store_stats() == {"crl": 0, "x509_ca": 0, "x509": 0}
+    system = tls_context(VaultConfig(address=https, auth=auth))
+    assert isinstance(system, ssl.SSLContext)
+    assert (system.verify_mode, system.check_hostname) == (ssl.CERT_REQUIRED, True)
+    bundle = _ca_bundle(tmp_path / "ca.pem", "vault test CA")
+    own = tls_context(VaultConfig(address=https, auth=auth, ca_cert=bundle))
+    assert isinstance(own, ssl.SSLContext)
+    assert own.verify_mode == ssl.CERT_REQUIRED
+    subjects = [cert["subject"] for cert in own.get_ca_certs()]
+    assert ((("commonName", "vault test CA"),),) in subjects
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    for unloadable in (missing, garbage):
+        config = VaultConfig(address=https, auth=auth, ca_cert=unloadable)
+        with pytest.raises(ConfigError) as caught:
+            VaultSession(config, environ={})
+        [problem] = caught.value.problems
+        assert problem.startswith(f"vault.ca_cert: cannot load a CA bundle from {unloadable} (")
 
 
 # -- read, write and the error mapping -----------------------------------------------------------
@@ -494,26 +560,43 @@ def test_lost_check_and_set_is_a_cas_conflict(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize(
-    ("reply", "expected", "retry_after"),
+    ("reply", "expected", "retry_after", "says"),
     [
-        (error(503, "Vault is sealed"), VaultUnavailable, None),
-        (error(503, "Vault is sealed", headers={"Retry-After": "4"}), VaultUnavailable, 4.0),
-        (error(500, "internal error"), VaultUnavailable, None),
-        (error(502, "bad gateway"), VaultUnavailable, None),
-        (error(504), VaultUnavailable, None),
-        (error(429, "rate limited", headers={"Retry-After": "7"}), VaultUnavailable, 7.0),
-        (error(429, "rate limited"), VaultUnavailable, None),
-        (error(412, "not consistent"), VaultUnavailable, None),
-        (error(404), SecretNotFound, None),
-        (error(400, "invalid request"), FinalError, None),
-        (requests.ConnectionError("refused"), VaultUnavailable, None),
-        (requests.ReadTimeout("slow"), VaultUnavailable, None),
-        (requests.exceptions.SSLError("bad certificate"), VaultUnavailable, None),
-        (Answer(200, {"unexpected": True}), VaultUnavailable, None),
+        (error(503, "Vault is sealed"), VaultUnavailable, None, "sealed or unavailable (HTTP 503)"),
+        (
+            error(503, "Vault is sealed", headers={"Retry-After": "4"}),
+            VaultUnavailable,
+            4.0,
+            "sealed or unavailable (HTTP 503)",
+        ),
+        (error(500, "internal error"), VaultUnavailable, None, "server error (HTTP 500)"),
+        (error(502, "bad gateway"), VaultUnavailable, None, "server error (HTTP 502)"),
+        (error(504), VaultUnavailable, None, "server error (HTTP 504)"),
+        (
+            error(429, "rate limited", headers={"Retry-After": "7"}),
+            VaultUnavailable,
+            7.0,
+            "rate limited (HTTP 429)",
+        ),
+        (error(429, "rate limited"), VaultUnavailable, None, "rate limited (HTTP 429)"),
+        (error(412, "not consistent"), VaultUnavailable, None, "not yet consistent (HTTP 412)"),
+        (error(404), SecretNotFound, None, f"no secret at {LOCATION}"),
+        (error(400, "invalid request"), FinalError, None, "refused (HTTP 400)"),
+        (
+            Answer(307, {}, {"Location": "http://10.0.0.9:8200/v1/secret/data/team/app"}),
+            VaultUnavailable,
+            None,
+            "redirected (HTTP 307), which is never followed",
+        ),
+        (httpx.ConnectError("refused"), VaultUnavailable, None, f"cannot connect to {ADDRESS}"),
+        (httpx.ReadTimeout("slow"), VaultUnavailable, None, f"no answer from {ADDRESS} in 10.0 s"),
+        (tls_failure(), VaultUnavailable, None, f"TLS handshake with {ADDRESS} failed"),
+        (Answer(200, {"unexpected": True}), VaultUnavailable, None, "unexpected response"),
+        (Answer(200, ["not", "an", "object"]), VaultUnavailable, None, "unexpected response"),
     ],
 )
 def test_read_error_mapping(
-    rig: Rig, reply: Reply, expected: type[SidecarError], retry_after: float | None
+    rig: Rig, reply: Reply, expected: type[SidecarError], retry_after: float | None, says: str
 ) -> None:
     rig.vault.on("GET", KV_PATH, reply)
     with pytest.raises(expected) as caught:
@@ -521,6 +604,7 @@ def test_read_error_mapping(
     assert type(caught.value) is expected
     assert caught.value.retry_after == retry_after
     assert caught.value.message.startswith(f"vault read {LOCATION}: ")
+    assert says in caught.value.message
     assert caught.value.__cause__ is not None
     assert rig.events == [("login", "success"), ("read", expected.kind)]
 
@@ -677,11 +761,12 @@ def test_no_token_jwt_or_secret_in_logs_or_errors(rig: Rig) -> None:
         assert canary not in text
 
 
-def test_close_detaches_from_a_borrowed_session(tmp_path: Path) -> None:
-    http = requests.Session()
-    config = VaultConfig(address=ADDRESS, auth=VaultAuthConfig(method="token"))
-    session = VaultSession(config, session=http, environ={})
-    assert len(http.hooks["response"]) == 1
-    session.close()
-    assert http.hooks["response"] == []
-    http.close()
+def test_aclose_forgets_the_lease_and_closes_the_transport(tmp_path: Path) -> None:
+    with make_rig(tmp_path) as rig:
+        run(rig.session.login())
+        [expires_at] = rig.leases
+        assert expires_at is not None
+        assert abs(expires_at - (time.time() + 600)) < 5
+        run(rig.session.aclose())
+        assert rig.leases == [expires_at, None]
+        assert rig.vault.closed

@@ -1,0 +1,121 @@
+"""One credential's KV v2 secret: read it, and write the next version with check-and-set."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from sidecar.adapters.vault.api import UnexpectedResponse
+from sidecar.adapters.vault.session import VaultSession
+from sidecar.errors import SecretInvalid, SecretNotFound
+from sidecar.model import StoredSecret
+
+__all__ = ["VaultSecretStore", "secret_from_kv"]
+
+log = structlog.get_logger("sidecar.adapters.vault")
+
+_OPTIONAL_FIELDS = ("client_id", "client_secret", "private_key")
+
+
+def _optional_text(data: Mapping[str, Any], name: str, where: str) -> str | None:
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise SecretInvalid(f"{where}: field {name!r} is not a string")
+    return value
+
+
+def secret_from_kv(response: Any, location: str) -> StoredSecret:
+    """Validate a KV v2 ``GET <mount>/data/<path>`` response into a :class:`StoredSecret`."""
+    body = response.get("data") if isinstance(response, Mapping) else None
+    if not isinstance(body, Mapping):
+        raise UnexpectedResponse("no data in the KV v2 response")
+    metadata = body.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise UnexpectedResponse("no metadata in the KV v2 response")
+    if metadata.get("deletion_time") or metadata.get("destroyed"):
+        raise SecretNotFound(f"{location}: the latest version of the secret is deleted")
+    data = body.get("data")
+    if data is None:
+        raise SecretNotFound(f"{location}: the secret has no data")
+    if not isinstance(data, Mapping):
+        raise SecretInvalid(f"{location}: the secret's data is not a mapping")
+    version = metadata.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UnexpectedResponse("no version in the KV v2 metadata")
+    refresh_token = data.get("refresh_token")
+    if refresh_token is None:
+        raise SecretInvalid(f"{location}: field 'refresh_token' is missing")
+    if not isinstance(refresh_token, str):
+        raise SecretInvalid(f"{location}: field 'refresh_token' is not a string")
+    if not refresh_token.strip():
+        raise SecretInvalid(f"{location}: field 'refresh_token' is empty")
+    client_id, client_secret, private_key = (
+        _optional_text(data, name, location) for name in _OPTIONAL_FIELDS
+    )
+    return StoredSecret(
+        location=location,
+        version=version,
+        refresh_token=refresh_token,
+        client_id=client_id,
+        client_secret=client_secret,
+        private_key=private_key,
+        data=dict(data),
+    )
+
+
+def _written_version(response: Mapping[str, Any]) -> int:
+    body = response.get("data")
+    version = body.get("version") if isinstance(body, Mapping) else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UnexpectedResponse("no version in the KV v2 write response")
+    return version
+
+
+class VaultSecretStore:
+    """One credential's KV v2 secret at ``mount/path``; implements ``SecretStore``."""
+
+    def __init__(self, session: VaultSession, mount: str, path: str) -> None:
+        self._session = session
+        self._mount = mount.strip("/")
+        self._path = path.strip("/")
+        self._location = f"{self._mount}/{self._path}"
+        self._api_path = f"{self._mount}/data/{self._path}"
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    async def read(self) -> StoredSecret:
+        return await self._session.request(
+            "read",
+            "GET",
+            self._api_path,
+            location=self._location,
+            parse=lambda answer: secret_from_kv(answer, self._location),
+        )
+
+    async def write(self, secret: StoredSecret, data: Mapping[str, Any]) -> StoredSecret:
+        """Write ``data`` as the next version, check-and-set on ``secret.version``."""
+        payload = dict(data)
+        version = await self._session.request(
+            "write",
+            "POST",
+            self._api_path,
+            body={"data": payload, "options": {"cas": secret.version}},
+            location=self._location,
+            parse=_written_version,
+        )
+        log.debug("vault.secret_written", location=self._location, version=version)
+        return secret_from_kv(
+            {"data": {"data": payload, "metadata": {"version": version}}}, self._location
+        )
+
+    async def write_refresh_token(self, secret: StoredSecret, refresh_token: str) -> StoredSecret:
+        """Replace only ``refresh_token``, keeping every other field (CAS on the version read)."""
+        if not isinstance(refresh_token, str) or not refresh_token:
+            raise ValueError("refresh_token must be a non-empty string")
+        return await self.write(secret, {**secret.data, "refresh_token": refresh_token})
