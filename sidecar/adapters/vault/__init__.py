@@ -2,6 +2,8 @@
 
 - :mod:`.lease`: when the Vault token is renewed or replaced (pure);
 - :mod:`.api`: the few HTTP calls, over ``httpx`` (the same HTTP stack as the token endpoint);
+- :mod:`.auth`: what a login sends (credential files read at every login) and what it returns;
+- :mod:`.failures`: a failed request as one of :mod:`sidecar.errors`;
 - :mod:`.session`: :class:`VaultSession`, the process's login, shared by every credential;
 - :mod:`.kv`: :class:`VaultSecretStore`, one credential's secret (``sidecar.ports.SecretStore``).
 """

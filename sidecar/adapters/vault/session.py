@@ -8,8 +8,8 @@ longer buys useful time; a 403 triggers one fresh login and one retry of the req
 no background task, and no thread: every request is a coroutine on the event loop, and an
 ``asyncio.Lock`` makes concurrent credentials log in once.
 
-Failures are translated here into :mod:`sidecar.errors`; messages name the operation and the
-location, never a token, a JWT, a secret or a response body.
+Every request reports its outcome to ``on_request``; failures become :mod:`sidecar.errors`
+through :func:`sidecar.adapters.vault.failures.translate`.
 """
 
 from __future__ import annotations
@@ -19,30 +19,28 @@ import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import structlog
 
-from sidecar.adapters.vault.api import UnexpectedResponse, VaultApi, VaultHttpError
+from sidecar.adapters.vault.api import VaultApi
+from sidecar.adapters.vault.auth import (
+    given_token,
+    lease_facts,
+    login_facts,
+    login_payload,
+    lookup_facts,
+)
+from sidecar.adapters.vault.failures import TRANSLATED, translate
 from sidecar.adapters.vault.lease import (
     RENEW_FRACTION,
     TokenLease,
-    parse_retry_after,
     plan_token,
     renewal_is_useful,
 )
 from sidecar.config import VaultConfig
-from sidecar.errors import (
-    CasConflict,
-    FinalError,
-    SecretNotFound,
-    SidecarError,
-    VaultAuthFailed,
-    VaultPermissionDenied,
-    VaultUnavailable,
-)
+from sidecar.errors import SidecarError, VaultPermissionDenied
 from sidecar.tls import client_context
 
 __all__ = ["RequestObserver", "VaultSession"]
@@ -51,58 +49,6 @@ log = structlog.get_logger("sidecar.adapters.vault")
 
 T = TypeVar("T")
 RequestObserver = Callable[[str, str], None]
-
-_CAS_MISMATCH = "check-and-set parameter did not match"
-_TRANSLATED = (VaultHttpError, httpx.HTTPError, UnexpectedResponse)
-"""What a Vault request may raise that this module turns into a SidecarError."""
-
-
-def _seconds(value: Any, name: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise UnexpectedResponse(f"no {name}")
-    return float(value)
-
-
-def _lease_facts(response: Mapping[str, Any]) -> tuple[float, bool]:
-    """TTL and renewability from a login or renew-self response."""
-    auth = response.get("auth")
-    if not isinstance(auth, Mapping):
-        raise UnexpectedResponse("no auth in the answer")
-    return _seconds(auth.get("lease_duration"), "lease_duration"), bool(auth.get("renewable"))
-
-
-def _login_facts(response: Mapping[str, Any]) -> tuple[str, float, bool, float]:
-    """Token, TTL, renewability and login TTL from a login response."""
-    ttl, renewable = _lease_facts(response)
-    token = response["auth"].get("client_token")
-    if not isinstance(token, str) or not token:
-        raise UnexpectedResponse("no client_token in the login answer")
-    return token, ttl, renewable, ttl
-
-
-def _lookup_facts(token: str, response: Mapping[str, Any]) -> tuple[str, float, bool, float]:
-    data = response.get("data")
-    if not isinstance(data, Mapping):
-        raise UnexpectedResponse("no data in the token lookup")
-    ttl = _seconds(data.get("ttl"), "ttl")
-    creation_ttl = data.get("creation_ttl")
-    login_ttl = _seconds(creation_ttl, "creation_ttl") if creation_ttl is not None else ttl
-    return token, ttl, bool(data.get("renewable")), login_ttl or ttl
-
-
-def _read_credential_file(path: Path, what: str) -> str:
-    # ``from None``: the original exception could carry the file's bytes (UnicodeDecodeError).
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise VaultAuthFailed(f"cannot read the {what} file {path}: {reason}") from None
-    except UnicodeDecodeError:
-        raise VaultAuthFailed(f"the {what} file {path} is not UTF-8 text") from None
-    value = text.strip()
-    if not value:
-        raise VaultAuthFailed(f"the {what} file {path} is empty")
-    return value
 
 
 def tls_context(config: VaultConfig) -> ssl.SSLContext:
@@ -239,7 +185,7 @@ class VaultSession:
 
         async def send() -> tuple[float, bool]:
             answer = await self._api.request("POST", "auth/token/renew-self", token=self._token)
-            return _lease_facts(answer)
+            return lease_facts(answer)
 
         try:
             ttl, renewable = await self._request("renew", "auth/token/renew-self", send)
@@ -256,20 +202,20 @@ class VaultSession:
         """Log in (for the token method: adopt the given token and look it up). Lock held."""
         started = self._monotonic()
         if self._auth.method == "token":
-            given = self._given_token()
+            given = given_token(self._auth, self._environ)
 
             async def lookup() -> tuple[str, float, bool, float]:
                 answer = await self._api.request("GET", "auth/token/lookup-self", token=given)
-                return _lookup_facts(given, answer)
+                return lookup_facts(given, answer)
 
             facts = await self._request("lookup", self.auth_location, lookup, login=True)
         else:
-            payload = self._login_payload()
+            payload = login_payload(self._auth)
 
             async def login() -> tuple[str, float, bool, float]:
                 path = f"{self.auth_location}/login"
                 answer = await self._api.request("POST", path, body=payload)
-                return _login_facts(answer)
+                return login_facts(answer)
 
             facts = await self._request("login", self.auth_location, login, login=True)
         token, ttl, renewable, login_ttl = facts
@@ -284,28 +230,6 @@ class VaultSession:
             ttl=ttl,
             renewable=renewable,
         )
-
-    def _login_payload(self) -> dict[str, str]:
-        """Read the credential files (every login: they rotate) into the login request."""
-        auth = self._auth
-        if auth.method == "approle":
-            assert auth.role_id_file is not None  # noqa: S101  # enforced by VaultAuthConfig
-            assert auth.secret_id_file is not None  # noqa: S101
-            return {
-                "role_id": _read_credential_file(auth.role_id_file, "AppRole role_id"),
-                "secret_id": _read_credential_file(auth.secret_id_file, "AppRole secret_id"),
-            }
-        return {"role": auth.role or "", "jwt": _read_credential_file(auth.jwt_file, "JWT")}
-
-    def _given_token(self) -> str:
-        if self._auth.token_file is not None:
-            return _read_credential_file(self._auth.token_file, "Vault token")
-        token = self._environ.get("VAULT_TOKEN", "").strip()
-        if not token:
-            raise VaultAuthFailed(
-                "no Vault token: set vault.auth.token_file or the VAULT_TOKEN environment variable"
-            )
-        return token
 
     # -- one request -------------------------------------------------------------------------
 
@@ -324,8 +248,10 @@ class VaultSession:
         except SidecarError as exc:
             self._report(operation, exc.kind)
             raise
-        except _TRANSLATED as exc:
-            error = self._translate(exc, operation, where, login=login, retried=retried)
+        except TRANSLATED as exc:
+            error = translate(
+                exc, self._config, operation=operation, where=where, login=login, retried=retried
+            )
             self._report(operation, error.kind)
             raise error from exc
         self._report(operation, "success")
@@ -334,78 +260,3 @@ class VaultSession:
     def _report(self, operation: str, outcome: str) -> None:
         if self._on_request is not None:
             self._on_request(operation, outcome)
-
-    def _translate(
-        self, exc: Exception, operation: str, where: str, *, login: bool, retried: bool
-    ) -> SidecarError:
-        what = f"vault {operation} {where}".rstrip()
-        status = exc.status if isinstance(exc, VaultHttpError) else None
-        problem = self._unavailable_problem(exc, status)
-        if problem is not None:
-            retry_after = None
-            if isinstance(exc, VaultHttpError):
-                retry_after = parse_retry_after(exc.retry_after, time.time())
-            return VaultUnavailable(f"{what}: {problem}", retry_after=retry_after)
-        http = f" (HTTP {status})" if status is not None else ""
-        if login:
-            role = f" as role {self._auth.role!r}" if self._auth.role else ""
-            return VaultAuthFailed(f"{what}: login{role} refused{http}")
-        if status in (401, 403):
-            after = " after a fresh login" if retried else ""
-            return VaultPermissionDenied(f"{what}: permission denied{http}{after}")
-        if status == 404:
-            return SecretNotFound(f"{what}: no secret at {where}")
-        if isinstance(exc, VaultHttpError) and _is_cas_mismatch(exc):
-            return CasConflict(f"{what}: check-and-set lost, the secret changed since it was read")
-        return FinalError(f"{what}: refused{http}")
-
-    def _unavailable_problem(self, exc: Exception, status: int | None) -> str | None:
-        """What went wrong when Vault is unreachable or in temporary trouble; else None."""
-        if isinstance(exc, UnexpectedResponse):
-            return f"unexpected response ({exc})"
-        if isinstance(exc, httpx.HTTPError):
-            return self._transport_problem(exc)
-        return _retryable_status(status)
-
-    def _transport_problem(self, exc: httpx.HTTPError) -> str:
-        address = self._config.address
-        if isinstance(exc, httpx.TimeoutException):
-            return f"no answer from {address} in {self._config.timeout_seconds} s"
-        if isinstance(exc, httpx.ConnectError) and _is_tls(exc):
-            return f"TLS handshake with {address} failed (check vault.ca_cert)"
-        if isinstance(exc, httpx.ConnectError):
-            return f"cannot connect to {address}"
-        return f"request failed ({type(exc).__name__})"
-
-
-def _retryable_status(status: int | None) -> str | None:
-    """What an error status says when it is Vault's temporary trouble; None otherwise."""
-    if status == 429:
-        return "rate limited (HTTP 429)"
-    if status == 503:
-        return "Vault is sealed or unavailable (HTTP 503)"
-    if status is not None and status >= 500:
-        return f"server error (HTTP {status})"
-    if status == 412:  # Vault Enterprise: this node has not caught up with a recent write yet
-        return "not yet consistent (HTTP 412)"
-    if status is not None and 300 <= status < 400:  # a standby during a leader change, say
-        return (
-            f"redirected (HTTP {status}), which is never followed: set vault.address to the "
-            "active node or a load balancer in front of the cluster"
-        )
-    return None
-
-
-def _is_cas_mismatch(exc: VaultHttpError) -> bool:
-    return exc.status == 400 and any(_CAS_MISMATCH in message for message in exc.errors)
-
-
-def _is_tls(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
