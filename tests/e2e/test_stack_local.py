@@ -14,19 +14,15 @@ import select
 import socket
 import subprocess
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import hvac
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.e2e import stack
 from tests.e2e.kind import run
+from tests.support.certs import self_signed_ca_pem
 from tests.support.idp import IdpServer, find_node
 from tests.support.openbao import OpenBaoServer
 
@@ -51,32 +47,13 @@ def vault(openbao: OpenBaoServer, tmp_path: Path) -> Iterator[stack.Vault]:
     openbao.root_client().sys.disable_auth_method(LOCAL_AUTH_MOUNT)
 
 
-def _ca_pem() -> str:
-    """A self-signed CA certificate, standing in for the cluster's."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def test_vault_setup_gives_the_role_exactly_the_secret(
     vault: stack.Vault, openbao: OpenBaoServer, tmp_path: Path
 ) -> None:
     # In the OpenBao pod, kubernetes_host alone is enough: the plugin reads the pod's own CA and
     # token. Here there are none, so the CA is given and the local defaults are switched off.
     ca_file = tmp_path / "ca.pem"
-    ca_file.write_text(_ca_pem(), encoding="utf-8")
+    ca_file.write_text(self_signed_ca_pem("kubernetes"), encoding="utf-8")
     local = (
         f"kubernetes_host={stack.KUBERNETES_HOST}",
         f"kubernetes_ca_cert=@{ca_file}",

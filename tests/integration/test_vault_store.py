@@ -7,7 +7,6 @@ JWT signed with that key (see tests/support/openbao.py).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from sidecar.errors import (
     VaultPermissionDenied,
     VaultUnavailable,
 )
+from tests.support.loop import PerTestLoop
 from tests.support.openbao import OpenBaoServer
 
 pytestmark = pytest.mark.integration
@@ -95,23 +95,15 @@ def pod(openbao: OpenBaoServer, tmp_path: Path) -> Pod:
     return Pod(openbao, jwt_file)
 
 
-_loop: list[asyncio.AbstractEventLoop] = []
+LOOP = PerTestLoop()
+run = LOOP.run
 
 
 @pytest.fixture(autouse=True)
 def event_loop_of_the_test() -> Iterator[None]:
     """One event loop per test, as in the sidecar: the session's connections belong to it."""
-    loop = asyncio.new_event_loop()
-    _loop.append(loop)
-    try:
+    with LOOP.scope():
         yield
-    finally:
-        _loop.remove(loop)
-        loop.close()
-
-
-def run(coro: Any) -> Any:
-    return _loop[-1].run_until_complete(coro)
 
 
 # -- logins --------------------------------------------------------------------------------------

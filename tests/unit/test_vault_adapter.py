@@ -12,20 +12,16 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from sidecar import __version__
@@ -52,6 +48,8 @@ from sidecar.errors import (
     VaultUnavailable,
 )
 from sidecar.model import StoredSecret
+from tests.support.certs import self_signed_ca_pem
+from tests.support.loop import PerTestLoop
 
 T = TypeVar("T")
 
@@ -169,23 +167,15 @@ class FakeClock:
         return self.now
 
 
-_loop: list[asyncio.AbstractEventLoop] = []
+LOOP = PerTestLoop()
+run = LOOP.run
 
 
 @pytest.fixture(autouse=True)
 def event_loop_of_the_test() -> Iterator[None]:
     """One event loop per test, as in the sidecar: the session's client belongs to it."""
-    loop = asyncio.new_event_loop()
-    _loop.append(loop)
-    try:
+    with LOOP.scope():
         yield
-    finally:
-        _loop.remove(loop)
-        loop.close()
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return _loop[-1].run_until_complete(coro)
 
 
 @dataclass
@@ -469,22 +459,7 @@ def test_connection_settings_reach_every_request(tmp_path: Path) -> None:
 
 
 def _ca_bundle(path: Path, common_name: str) -> Path:
-    """A self-signed CA certificate in PEM, for a trust store to load."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_text(self_signed_ca_pem(common_name), encoding="ascii")
     return path
 
 
