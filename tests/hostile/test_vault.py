@@ -277,9 +277,9 @@ def test_a_service_account_token_that_appears_later(sidecar: Sidecar) -> None:
 # -- Vault's temporary trouble, through a fault-injecting proxy ----------------------------------
 
 
-def vault_behind(sidecar: Sidecar, faults: Faults) -> None:
+def vault_behind(sidecar: Sidecar, faults: Faults, **vault: Any) -> None:
     sidecar.route.otherwise(faults)
-    use_the_idp(sidecar, sections={"vault": {"address": sidecar.route.url("")}})
+    use_the_idp(sidecar, sections={"vault": {"address": sidecar.route.url(""), **vault}})
 
 
 RESULT_WRITE: dict[str, Any] = {
@@ -349,6 +349,31 @@ def test_vault_trouble_before_the_exchange_delays_it(
     ]
     assert time.monotonic() - started >= 1.0  # Retry-After: 1 honoured
     assert sidecar.vault_requests(operation, "vault_unavailable") == 1
+    assert sidecar.stop() == 0
+    assert_chain_intact(sidecar)
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        # Each byte comes quickly; the whole answer would take 20 s against a 1 s timeout.
+        (Reply(200, b" " * 200 + b"{}", drip=0.1), "no answer from {address} in 1.0 s"),
+        (Reply(200, size=3 << 20), "unexpected response (an answer of more than 1 MiB)"),
+    ],
+    ids=["dripping", "oversized"],
+)
+def test_a_read_answer_that_drips_or_swells_is_bounded(
+    sidecar: Sidecar, reply: Reply, problem: str
+) -> None:
+    faults = Faults(sidecar.dep.openbao.address)
+    faults.arm(reply, method="GET", path=f"/v1/secret/data/{KV_PATH}", count=1)
+    vault_behind(sidecar, faults, timeout_seconds=1)
+    sidecar.start()
+    sidecar.wait_state("valid", timeout=20)
+    address = sidecar.route.url("").rstrip("/")
+    [(kind, message)] = failed(sidecar, "secret.read_failed")
+    assert kind == "vault_unavailable"
+    assert message == f"vault read {LOCATION}: " + problem.format(address=address)
     assert sidecar.stop() == 0
     assert_chain_intact(sidecar)
 

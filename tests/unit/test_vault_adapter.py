@@ -12,7 +12,7 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +70,10 @@ class Answer:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    raw: bytes | None = None
+    """The body as sent, instead of ``body`` as JSON."""
+    drip: float = 0.0
+    """Seconds between the body's bytes (0: all at once)."""
 
 
 @dataclass
@@ -121,11 +125,27 @@ class FakeVault(httpx.AsyncBaseTransport):
         if reply.delay:
             await asyncio.sleep(reply.delay)
         payload = json.dumps(reply.body if reply.body is not None else {}).encode()
+        if reply.raw is not None:
+            payload = reply.raw
         headers = {"Content-Type": "application/json", **reply.headers}
+        if reply.drip:
+            return httpx.Response(reply.status, headers=headers, stream=Drip(payload, reply.drip))
         return httpx.Response(reply.status, headers=headers, content=payload)
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+class Drip(httpx.AsyncByteStream):
+    """A body sent one byte at a time, ``pause`` seconds apart: each read is quick."""
+
+    def __init__(self, payload: bytes, pause: float) -> None:
+        self._payload, self._pause = payload, pause
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for index in range(len(self._payload)):
+            await asyncio.sleep(self._pause)
+            yield self._payload[index : index + 1]
 
 
 def tls_failure() -> httpx.ConnectError:
@@ -582,6 +602,23 @@ def test_read_error_mapping(
     assert says in caught.value.message
     assert caught.value.__cause__ is not None
     assert rig.events == [("login", "success"), ("read", expected.kind)]
+
+
+def test_an_answer_over_the_size_bound_is_not_read_to_the_end(rig: Rig) -> None:
+    huge = b'{"data": "' + b"x" * (2 << 20) + b'"}'
+    rig.vault.on("GET", KV_PATH, Answer(200, raw=huge))
+    with pytest.raises(VaultUnavailable) as caught:
+        run(rig.store.read())
+    assert "unexpected response (an answer of more than 1 MiB)" in caught.value.message
+
+
+def test_a_dripping_answer_meets_the_deadline_of_the_whole_request(tmp_path: Path) -> None:
+    # Every byte arrives well within httpx's read timeout; the whole answer would take 40 s.
+    with make_rig(tmp_path, timeout_seconds=0.5) as rig:
+        rig.vault.on("GET", KV_PATH, Answer(200, raw=b" " * 400 + b"{}", drip=0.1))
+        with pytest.raises(VaultUnavailable) as caught:
+            run(rig.store.read())
+    assert f"no answer from {ADDRESS} in 0.5 s" in caught.value.message
 
 
 def test_forbidden_logs_in_again_once_and_retries(rig: Rig) -> None:

@@ -18,6 +18,7 @@ the active node or a load balancer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import Mapping
@@ -50,11 +51,15 @@ class VaultHttpError(Exception):
         self.body = body
 
 
-def _decode(response: httpx.Response) -> Any:
-    if not response.content:
+MAX_ANSWER_BYTES = 1 << 20
+"""Vault's answers to these calls are a few KiB; anything over 1 MiB is not one of them."""
+
+
+def _decode(content: bytes) -> Any:
+    if not content:
         return None
     try:
-        return json.loads(response.content)
+        return json.loads(content)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
         return None
 
@@ -71,6 +76,7 @@ class VaultApi:
         namespace: str = "",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        self._deadline = timeout
         headers = {"User-Agent": USER_AGENT, "X-Vault-Request": "true"}
         if namespace:
             headers["X-Vault-Namespace"] = namespace
@@ -92,10 +98,19 @@ class VaultApi:
         token: str = "",
         body: Mapping[str, Any] | None = None,
     ) -> Mapping[str, Any]:
-        """``method`` on ``/v1/<path>``; the decoded JSON object of a 2xx answer."""
+        """``method`` on ``/v1/<path>``; the decoded JSON object of a 2xx answer.
+
+        The whole request, body included, has the client's timeout as its deadline (httpx's
+        own timeouts are per phase, so a server dripping bytes would never time out), and the
+        body is read up to :data:`MAX_ANSWER_BYTES`.
+        """
         headers = {"X-Vault-Token": token} if token else None
-        response = await self._client.request(method, path, headers=headers, json=body)
-        decoded = _decode(response)
+        try:
+            async with asyncio.timeout(self._deadline):
+                response, content = await self._send(method, path, headers, body)
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no complete answer within {self._deadline} s") from None
+        decoded = _decode(content)
         if not response.is_success:
             errors = decoded.get("errors") if isinstance(decoded, dict) else None
             raise VaultHttpError(
@@ -109,6 +124,25 @@ class VaultApi:
         if not isinstance(decoded, dict):
             raise UnexpectedResponse("the answer is not a JSON object")
         return decoded
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        body: Mapping[str, Any] | None,
+    ) -> tuple[httpx.Response, bytes]:
+        request = self._client.build_request(method, path, headers=headers, json=body)
+        response = await self._client.send(request, stream=True)
+        try:
+            content = bytearray()
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                if len(content) > MAX_ANSWER_BYTES:
+                    raise UnexpectedResponse(f"an answer of more than {MAX_ANSWER_BYTES >> 20} MiB")
+        finally:
+            await response.aclose()
+        return response, bytes(content)
 
     async def aclose(self) -> None:
         await self._client.aclose()
