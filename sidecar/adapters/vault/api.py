@@ -1,10 +1,11 @@
 """Vault's HTTP API, the few calls the sidecar makes, over one ``httpx.AsyncClient``.
 
 :class:`VaultApi` sends one request and returns the decoded JSON answer. A non-2xx answer
-raises :class:`VaultHttpError` (status, Vault's ``errors`` list, ``Retry-After`` and the decoded
-body); a 2xx answer that is not a JSON object raises :class:`UnexpectedResponse`; transport
-failures are httpx's own exceptions. Translating them into :mod:`sidecar.errors` is the
-session's job, which knows the operation and the location.
+raises :class:`VaultHttpError` (status, Vault's ``errors`` list and ``Retry-After``); a 2xx
+answer that is not a JSON object, or is over 1 MiB, raises :class:`UnexpectedResponse`;
+transport failures (and the whole request's deadline) are httpx's own exceptions.
+Translating them into :mod:`sidecar.errors` is the session's job, which knows the operation
+and the location.
 
 The requests are those of Vault's (and OpenBao's) documented API: ``POST auth/<mount>/login``
 for the ``kubernetes``, ``jwt`` and ``approle`` methods, ``GET auth/token/lookup-self``,
@@ -41,14 +42,11 @@ class VaultHttpError(Exception):
     """Vault answered with an error status. ``errors`` are Vault's messages: matched against,
     never printed (they could quote a request)."""
 
-    def __init__(
-        self, status: int, errors: list[str], retry_after: str | None, body: Any = None
-    ) -> None:
+    def __init__(self, status: int, errors: list[str], retry_after: str | None) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
         self.errors = errors
         self.retry_after = retry_after
-        self.body = body
 
 
 MAX_ANSWER_BYTES = 1 << 20
@@ -117,7 +115,6 @@ class VaultApi:
                 response.status_code,
                 [str(e) for e in errors] if isinstance(errors, list) else [],
                 response.headers.get("Retry-After"),
-                decoded,
             )
         if response.status_code == 204:
             return {}
