@@ -82,18 +82,32 @@ def test_replicas_sharing_a_secret_cost_one_exchange_per_rotation(
     assert_vault_holds_the_live_token(deployment)
 
 
+def _answers_received(dep: Deployment) -> int:
+    """Token endpoint answers the sidecar processes received (logged before the journal)."""
+    return sum(
+        1
+        for line in dep.logs().splitlines()
+        if '"event": "token.exchange"' in line and '"status": 200' in line
+    )
+
+
 def test_kill_loop_keeps_the_chain_alive(deployment: Deployment) -> None:
     """SIGKILL at random instants, restart, repeat; Vault must end holding the live token.
 
     One window cannot be closed by any client: between the server committing a rotation and
-    the journal holding the new token (about a millisecond on loopback) a crash loses the
-    answer. Kills are random, so a run lands there rarely; half the iterations slow the
-    token endpoint down to put kills inside the exchange, where the server has not yet seen
-    the request.
+    the journal holding the new token (a millisecond or two on loopback) a crash loses the
+    answer, and the token it replaced is spent. Kills are random, so a run lands there rarely;
+    half the iterations slow the token endpoint down to put kills inside the exchange, where
+    the server has not yet seen the request. The test tells that window apart from a bug:
+    after each kill, a rotation the server committed (``refresh_succeeded``) that no sidecar
+    received (its ``token.exchange`` log comes before the journal) is the window; the test
+    then re-seeds Vault, as an operator would, and goes on. Those hits must stay rare, and
+    everything else must keep the chain alive with no token presented twice.
     """
     dep = deployment
     rng = random.Random(int(os.environ.get("KILL_LOOP_SEED", "20261122")))
     iterations = int(os.environ.get("KILL_LOOP_ITERATIONS", "24"))
+    window_hits = 0
     for iteration in range(iterations):
         if iteration % 2:
             dep.idp.set_fault(mode="hang", seconds=0.4, count=1)
@@ -101,12 +115,18 @@ def test_kill_loop_keeps_the_chain_alive(deployment: Deployment) -> None:
         time.sleep(rng.uniform(0.1, 3.0))
         dep.kill()
         dep.idp.clear_faults()
+        lost = dep.idp.stats()["refresh_succeeded"] - _answers_received(dep)
+        if lost > window_hits:
+            window_hits = lost
+            data, _ = dep.vault_secret()
+            dep.openbao.put_secret(KV_PATH, {**data, "refresh_token": dep.idp.seed_refresh_token()})
     dep.start()
     version = dep.vault_secret()[1]
     assert wait_for(lambda: dep.vault_secret()[1] >= version + 4, timeout=20), dep.logs()
     assert dep.stop() == 0
     stats = no_reuse(dep)
     assert stats["refresh_succeeded"] >= iterations // 3
+    assert window_hits <= max(1, iterations // 50), f"{window_hits} answers lost after commit"
     assert_vault_holds_the_live_token(dep)
 
 
