@@ -45,6 +45,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -324,7 +325,7 @@ def _assert_events_on_rejection_and_recovery(
 ) -> None:
     idp.revoke(grant.grant_id)  # the next refresh is answered invalid_grant
 
-    def recorded(reason: str) -> list[dict[str, object]] | None:
+    def recorded(reason: str) -> list[dict[str, Any]] | None:
         return stack.pod_events(kubectl, pod_name, reason) or None
 
     rejected = wait_until(
@@ -355,7 +356,7 @@ def _assert_events_on_rejection_and_recovery(
         latest = _read_token(kubectl, pod_name)
         return latest if latest["access_token"] != before["access_token"] else None
 
-    latest = wait_until("the app to read a token from the re-seeded grant", fresh_token, 60)
+    latest = wait_until("the app to read a token from the re-seeded grant", fresh_token, timeout=60)
     problems = stack.token_problems(latest, now=datetime.now(UTC))
     assert not problems, problems
 
