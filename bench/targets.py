@@ -244,11 +244,6 @@ def notes(results: dict[str, Any]) -> dict[str, str]:
                     "this configuration does not use",
                 ),
                 (
-                    {"hvac", "requests", "urllib3", "charset_normalizer"} & names,
-                    "`hvac`, `requests`, `urllib3` and `charset_normalizer` are a second HTTP "
-                    "stack beside `httpx`, for Vault alone",
-                ),
-                (
                     {"pydantic_settings"} & names,
                     "`pydantic_settings` only maps `TOKEN_SIDECAR_*` variables onto the config",
                 ),

@@ -6,23 +6,14 @@ validates what came back against the configured issuer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sidecar.config import check_url
 from sidecar.errors import ClientRejected, MalformedResponse
+from sidecar.oauth import json_object
 
 __all__ = ["DiscoveryInfo", "discovery_urls", "parse_discovery"]
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # also bad UTF-8 and absurdly deep nesting
-        return None
-    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +57,7 @@ def parse_discovery(
     worth retrying) or ClientRejected (``issuer`` mismatch, an insecure ``token_endpoint``:
     configuration, final), both with messages naming the key.
     """
-    data = _json_object(body)
+    data = json_object(body)
     if data is None:
         raise MalformedResponse("issuer: the discovery document is not a JSON object")
     issuer = data.get("issuer")

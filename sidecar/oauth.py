@@ -73,6 +73,7 @@ __all__ = [
     "OAuthErrorBody",
     "TokenRequest",
     "build_refresh_request",
+    "json_object",
     "keep_salvaged_refresh_token",
     "parse_error_body",
     "parse_retry_after",
@@ -201,7 +202,8 @@ def build_refresh_request(
     return TokenRequest(headers=headers, form=tuple(form))
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The JSON object an answer's body holds, or None (not JSON, not an object, too deep)."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # also bad UTF-8 and absurdly deep nesting
@@ -243,7 +245,7 @@ def _token(value: Any, name: str) -> str:
 
 
 def _parse_grant(status: int, body: bytes) -> TokenGrant:
-    data = _json_object(body)
+    data = json_object(body)
     if data is None:
         raise MalformedResponse(f"token endpoint response (HTTP {status}) is not a JSON object")
     access_token = _token(data.get("access_token"), "access_token")
@@ -341,7 +343,7 @@ class OAuthErrorBody:
 
 
 def parse_error_body(body: bytes) -> OAuthErrorBody:
-    data = _json_object(body) or {}
+    data = json_object(body) or {}
     error = data.get("error")
     description = data.get("error_description")
     return OAuthErrorBody(

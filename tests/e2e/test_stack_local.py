@@ -22,9 +22,9 @@ import pytest
 
 from tests.e2e import stack
 from tests.e2e.kind import run
-from tests.support.certs import self_signed_ca_pem
 from tests.support.idp import IdpServer, find_node
 from tests.support.openbao import OpenBaoServer
+from tests.support.rawserver import TlsMaterial
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +52,7 @@ def test_vault_setup_gives_the_role_exactly_the_secret(
 ) -> None:
     # In the OpenBao pod, kubernetes_host alone is enough: the plugin reads the pod's own CA and
     # token. Here there are none, so the CA is given and the local defaults are switched off.
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_text(self_signed_ca_pem("kubernetes"), encoding="utf-8")
+    ca_file = TlsMaterial(tmp_path).ca
     local = (
         f"kubernetes_host={stack.KUBERNETES_HOST}",
         f"kubernetes_ca_cert=@{ca_file}",

@@ -29,7 +29,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.hostile.canary import CanaryScan
-from tests.support.deployment import KV_PATH, Deployment, wait_for
+from tests.support.deployment import (
+    KV_PATH,
+    Deployment,
+    assert_vault_holds_the_live_token,
+    wait_for,
+)
 from tests.support.rawserver import Reply, Route, TokenIssuer
 
 __all__ = ["CLIENT_ID", "FOREIGN_PYTHON", "Sidecar", "canary", "log_events", "metric_value"]
@@ -351,3 +356,25 @@ class Sidecar:
 
     def files(self) -> Iterator[Path]:
         yield from sorted(self.dep.output_dir.iterdir())
+
+
+def seed_the_idp_grant(sidecar: Sidecar) -> None:
+    """Seed Vault with the deployment's live oidc-provider grant instead of the canary token."""
+    sidecar.seed(
+        refresh_token=sidecar.dep.seeded,
+        client_secret=sidecar.dep.idp.client_secret("client-basic"),
+    )
+
+
+def use_the_idp(sidecar: Sidecar, **config: Any) -> None:
+    """The live grant in Vault and the real oidc-provider as the token endpoint."""
+    seed_the_idp_grant(sidecar)
+    sidecar.configure(token_endpoint=sidecar.dep.idp.token_endpoint, **config)
+
+
+def assert_chain_intact(sidecar: Sidecar) -> None:
+    """No refresh token presented twice, no grant revoked, and Vault holds the live token."""
+    stats = sidecar.dep.idp.stats()
+    assert stats["refresh_token_reuse"] == 0, stats
+    assert stats["grants_revoked"] == 0, stats
+    assert_vault_holds_the_live_token(sidecar.dep)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 
 from sidecar.adapters.exchange import TokenEndpoint
 from sidecar.config import CredentialConfig
@@ -35,6 +33,7 @@ from sidecar.logs import configure_logging, log_uncaught
 from sidecar.model import ClientCredentials
 from sidecar.oauth import parse_token_response, refresh_token_from_error, salvage_refresh_token
 from sidecar.redact import Redactor
+from tests.support.logstate import logging_restored
 
 URL = "https://as.example/token"
 CLIENT = ClientCredentials("svc", "client_secret_basic", client_secret="CANARY-CS-adapter-01")
@@ -226,20 +225,8 @@ def test_salvage_from_a_body_that_does_not_parse(body: bytes, expected: str | No
 def crash_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[io.StringIO, Redactor]]:
     """Logging configured into a stream (restored after, with ``sys.excepthook``)."""
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, logging.getLogger("sidecar").level)
-    stream, redactor = io.StringIO(), Redactor()
-    try:
-        yield stream, redactor
-    finally:
-        logging.captureWarnings(False)
-        for handler in root.handlers:
-            if handler not in saved[0]:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(saved[1])
-        logging.getLogger("sidecar").setLevel(saved[2])
-        structlog.reset_defaults()
+    with logging_restored():
+        yield io.StringIO(), Redactor()
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])

@@ -22,8 +22,14 @@ from typing import Any
 
 import pytest
 
-from tests.hostile.harness import FOREIGN_PYTHON, Sidecar, log_events
-from tests.support.deployment import KV_PATH, assert_vault_holds_the_live_token
+from tests.hostile.harness import (
+    FOREIGN_PYTHON,
+    Sidecar,
+    assert_chain_intact,
+    log_events,
+    use_the_idp,
+)
+from tests.support.deployment import KV_PATH
 from tests.support.rawserver import Faults, Reply
 
 pytestmark = pytest.mark.integration
@@ -58,21 +64,6 @@ def tmpfs(path: Path, mounts: list[Path], *options: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     mount("-t", "tmpfs", "-o", ",".join(("mode=0755", *options)), "tmpfs", str(path))
     mounts.append(path)
-
-
-def use_the_idp(sidecar: Sidecar, **config: Any) -> None:
-    sidecar.seed(
-        refresh_token=sidecar.dep.seeded,
-        client_secret=sidecar.dep.idp.client_secret("client-basic"),
-    )
-    sidecar.configure(token_endpoint=sidecar.dep.idp.token_endpoint, **config)
-
-
-def assert_chain_intact(sidecar: Sidecar) -> None:
-    stats = sidecar.dep.idp.stats()
-    assert stats["refresh_token_reuse"] == 0, stats
-    assert stats["grants_revoked"] == 0, stats
-    assert_vault_holds_the_live_token(sidecar.dep)
 
 
 def as_user(uid: int, gid: int, code: str) -> subprocess.CompletedProcess[str]:

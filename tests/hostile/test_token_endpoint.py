@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.hostile.harness import Sidecar
-from tests.support.deployment import assert_vault_holds_the_live_token
+from tests.hostile.harness import Sidecar, assert_chain_intact, seed_the_idp_grant
 from tests.support.rawserver import Recorded, Reply, forward
 
 pytestmark = pytest.mark.integration
@@ -243,27 +242,12 @@ class Mangle:
         return result
 
 
-def use_the_idp(sidecar: Sidecar) -> None:
-    """Seed Vault with a live oidc-provider grant instead of the canary token."""
-    sidecar.seed(
-        refresh_token=sidecar.dep.seeded,
-        client_secret=sidecar.dep.idp.client_secret("client-basic"),
-    )
-
-
-def assert_chain_intact(sidecar: Sidecar) -> None:
-    stats = sidecar.dep.idp.stats()
-    assert stats["refresh_token_reuse"] == 0, stats
-    assert stats["grants_revoked"] == 0, stats
-    assert_vault_holds_the_live_token(sidecar.dep)
-
-
 def test_missing_access_token_with_a_rotated_refresh_token_keeps_the_refresh_token(
     sidecar: Sidecar,
 ) -> None:
     """The server rotated but sent no access token: Vault gets the new refresh token, the
     answer is refused, and the next refresh presents the new token (no reuse, no revocation)."""
-    use_the_idp(sidecar)
+    seed_the_idp_grant(sidecar)
     mangle = Mangle(sidecar, lambda data: Reply(200, {**data, "access_token": None}))
     sidecar.configure(mangle)
     sidecar.start()
@@ -285,7 +269,7 @@ def test_missing_access_token_with_a_rotated_refresh_token_keeps_the_refresh_tok
 def test_an_answer_cut_off_after_the_rotated_refresh_token_keeps_it(sidecar: Sidecar) -> None:
     """The connection drops mid-body, after a complete new ``refresh_token``: retrying the
     spent token would make the server revoke the grant, so the new token is kept instead."""
-    use_the_idp(sidecar)
+    seed_the_idp_grant(sidecar)
 
     def cut(data: dict[str, Any]) -> Reply:
         body = json.dumps({"refresh_token": data["refresh_token"], **data}).encode()
@@ -489,7 +473,7 @@ def test_invalid_grant_is_final_for_that_token_until_a_reseed(sidecar: Sidecar) 
 def test_a_slow_drip_that_already_carried_the_rotated_token_keeps_it(sidecar: Sidecar) -> None:
     """The overall deadline strikes mid-body, after the new ``refresh_token`` arrived: it is
     kept (the server rotated), instead of the spent token being retried and the grant lost."""
-    use_the_idp(sidecar)
+    seed_the_idp_grant(sidecar)
 
     def drip(data: dict[str, Any]) -> Reply:
         body = json.dumps({"refresh_token": data["refresh_token"], **data}).encode()

@@ -15,28 +15,13 @@ from typing import Any
 
 import pytest
 
-from tests.hostile.harness import Sidecar, log_events
-from tests.support.deployment import KV_PATH, assert_vault_holds_the_live_token
+from tests.hostile.harness import Sidecar, assert_chain_intact, log_events, use_the_idp
+from tests.support.deployment import KV_PATH
 from tests.support.rawserver import Faults, Recorded, Reply
 
 pytestmark = pytest.mark.integration
 
 LOCATION = "secret/apps/e2e/billing"
-
-
-def use_the_idp(sidecar: Sidecar, **config: Any) -> None:
-    sidecar.seed(
-        refresh_token=sidecar.dep.seeded,
-        client_secret=sidecar.dep.idp.client_secret("client-basic"),
-    )
-    sidecar.configure(token_endpoint=sidecar.dep.idp.token_endpoint, **config)
-
-
-def assert_chain_intact(sidecar: Sidecar) -> None:
-    stats = sidecar.dep.idp.stats()
-    assert stats["refresh_token_reuse"] == 0, stats
-    assert stats["grants_revoked"] == 0, stats
-    assert_vault_holds_the_live_token(sidecar.dep)
 
 
 def failed(sidecar: Sidecar, event: str) -> list[tuple[str, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -19,10 +18,8 @@ from urllib.parse import parse_qs
 import httpx
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from structlog.testing import capture_logs
 
 from sidecar import __version__
@@ -37,6 +34,7 @@ from sidecar.errors import (
     TokenEndpointUnavailable,
 )
 from sidecar.model import ClientCredentials
+from tests.support.rawserver import TlsMaterial
 
 TOKEN_URL = "https://as.example/oauth/token"
 ISSUER = "https://as.example/tenant"
@@ -594,39 +592,9 @@ def test_probe_reports_unreachable_endpoints() -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token-sidecar test")])
-    now = dt.datetime.now(dt.UTC)
-    import ipaddress  # noqa: PLC0415
-
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    directory = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
+    """A test CA and a certificate it signed for 127.0.0.1."""
+    return TlsMaterial(tmp_path_factory.mktemp("tls"))
 
 
 async def _serve_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -654,8 +622,8 @@ async def _serve_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         writer.close()
 
 
-def tls_refresh(tls_files: tuple[Path, Path], ca_cert: Path | None) -> Any:
-    cert_path, key_path = tls_files
+def tls_refresh(tls: TlsMaterial, ca_cert: Path | None) -> Any:
+    cert_path, key_path = tls.good
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
 
@@ -675,13 +643,13 @@ def tls_refresh(tls_files: tuple[Path, Path], ca_cert: Path | None) -> Any:
     return asyncio.run(scenario())
 
 
-def test_real_tls_with_the_configured_ca(tls_files: tuple[Path, Path]) -> None:
-    assert tls_refresh(tls_files, ca_cert=tls_files[0]).access_token == "at-over-tls"
+def test_real_tls_with_the_configured_ca(tls: TlsMaterial) -> None:
+    assert tls_refresh(tls, ca_cert=tls.ca).access_token == "at-over-tls"
 
 
-def test_real_tls_with_an_untrusted_certificate(tls_files: tuple[Path, Path]) -> None:
+def test_real_tls_with_an_untrusted_certificate(tls: TlsMaterial) -> None:
     with pytest.raises(TokenEndpointUnavailable, match="TLS verification failed") as caught:
-        tls_refresh(tls_files, ca_cert=None)
+        tls_refresh(tls, ca_cert=None)
     assert not isinstance(caught.value, ResponseLost)
     assert "127.0.0.1" in caught.value.message
 

@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from sidecar.logs import configure_logging
 from sidecar.redact import REDACTED, Redactor, encoded_forms, is_secret_key, redact_mapping
+from tests.support.logstate import logging_restored
 
 # -- Redactor -------------------------------------------------------------------------------
 
@@ -189,22 +190,11 @@ CANARY = "canary-7f3a9c1e5b2d"
 @pytest.fixture
 def output() -> Iterator[tuple[io.StringIO, Redactor]]:
     """A stream the logging writes to and the redactor it uses; everything restored after."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, logging.getLogger("sidecar").level)
     stream = io.StringIO()
     redactor = Redactor()
     redactor.add(CANARY)
-    try:
+    with logging_restored():
         yield stream, redactor
-    finally:
-        logging.captureWarnings(False)
-        for handler in root.handlers:
-            if handler not in saved[0]:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(saved[1])
-        logging.getLogger("sidecar").setLevel(saved[2])
-        structlog.reset_defaults()
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -349,12 +339,12 @@ def test_stdlib_exception_is_scrubbed(output: tuple[io.StringIO, Redactor]) -> N
     stream, redactor = output
     configure_logging("info", "json", stream=stream, redactor=redactor)
     try:
-        fail_with(f"hvac said {CANARY}")
+        fail_with(f"httpcore said {CANARY}")
     except RuntimeError:
-        logging.getLogger("hvac").exception("request failed")
+        logging.getLogger("httpcore").exception("request failed")
 
     [line] = lines(stream)
-    assert line["exception"][0]["exc_value"].startswith(f"hvac said {REDACTED}")
+    assert line["exception"][0]["exc_value"].startswith(f"httpcore said {REDACTED}")
     assert CANARY not in stream.getvalue()
 
 

@@ -48,8 +48,8 @@ from sidecar.errors import (
     VaultUnavailable,
 )
 from sidecar.model import StoredSecret
-from tests.support.certs import self_signed_ca_pem
 from tests.support.loop import PerTestLoop
+from tests.support.rawserver import TlsMaterial
 
 T = TypeVar("T")
 
@@ -478,11 +478,6 @@ def test_connection_settings_reach_every_request(tmp_path: Path) -> None:
         assert rig.vault.seen[0].timeout["read"] == 10.0  # the default vault.timeout_seconds
 
 
-def _ca_bundle(path: Path, common_name: str) -> Path:
-    path.write_text(self_signed_ca_pem(common_name), encoding="ascii")
-    return path
-
-
 def test_tls_trust_is_loaded_for_https_only(tmp_path: Path) -> None:
     auth = VaultAuthConfig(method="token")
     https = "https://vault.example:8200"
@@ -496,12 +491,12 @@ def test_tls_trust_is_loaded_for_https_only(tmp_path: Path) -> None:
     system = tls_context(VaultConfig(address=https, auth=auth))
     assert isinstance(system, ssl.SSLContext)
     assert (system.verify_mode, system.check_hostname) == (ssl.CERT_REQUIRED, True)
-    bundle = _ca_bundle(tmp_path / "ca.pem", "vault test CA")
+    bundle = TlsMaterial(tmp_path).ca
     own = tls_context(VaultConfig(address=https, auth=auth, ca_cert=bundle))
     assert isinstance(own, ssl.SSLContext)
     assert own.verify_mode == ssl.CERT_REQUIRED
     subjects = [cert["subject"] for cert in own.get_ca_certs()]
-    assert ((("commonName", "vault test CA"),),) in subjects
+    assert ((("commonName", "token-sidecar test CA"),),) in subjects
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
     for unloadable in (missing, garbage):
