@@ -65,6 +65,7 @@ class FileJournal:
             }
         ).encode()
         write_atomic(self._dir, self._name, body, mode=0o600, group=None)
+        log.debug("journal.saved", base_version=entry.base_version)
 
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):
