@@ -142,18 +142,18 @@ def _round(value: float | None) -> float | None:
 
 def default_policies() -> tuple[SchedulePolicy, BackoffPolicy, CoordinationPolicy]:
     """The policies a sidecar runs with when its configuration sets nothing."""
+    from sidecar.app import (  # noqa: PLC0415
+        backoff_policy,
+        coordination_policy,
+        schedule_policy,
+    )
     from sidecar.config import CoordinationConfig, RefreshConfig  # noqa: PLC0415
 
     refresh = RefreshConfig()
-    coordination = CoordinationConfig()
     return (
-        SchedulePolicy.from_config(refresh),
-        BackoffPolicy.from_config(refresh),
-        CoordinationPolicy(
-            claim_seconds=coordination.claim_seconds,
-            clock_skew_seconds=coordination.clock_skew_seconds,
-            poll_seconds=coordination.poll_seconds,
-        ),
+        schedule_policy(refresh),
+        backoff_policy(refresh),
+        coordination_policy(CoordinationConfig(holder="fleet")),
     )
 
 

@@ -34,10 +34,14 @@ def measure_replicas(
     window: float,
     settle: float,
 ) -> dict[str, Any]:
-    from sidecar.schedule import SchedulePolicy, refresh_window  # noqa: PLC0415
+    from sidecar.app import schedule_policy  # noqa: PLC0415
+    from sidecar.config import RefreshConfig  # noqa: PLC0415
+    from sidecar.schedule import refresh_window  # noqa: PLC0415
 
     refresh = {"min_margin_seconds": 2.0}
-    low, high = refresh_window(ttl, SchedulePolicy(min_margin=refresh["min_margin_seconds"]))
+    low, high = refresh_window(
+        ttl, schedule_policy(RefreshConfig(min_margin_seconds=refresh["min_margin_seconds"]))
+    )
     period = (low + high) / 2
     members: dict[int, list[Sidecar]] = {}
     try:

@@ -69,9 +69,13 @@ def _all_written(sidecar: Sidecar) -> bool:
 
 def _window(ttl: float, refresh: dict[str, float]) -> tuple[float, float]:
     """The policy's earliest and latest refresh delay for a token of ``ttl``."""
-    from sidecar.schedule import SchedulePolicy, refresh_window  # noqa: PLC0415
+    from sidecar.app import schedule_policy  # noqa: PLC0415
+    from sidecar.config import RefreshConfig  # noqa: PLC0415
+    from sidecar.schedule import refresh_window  # noqa: PLC0415
 
-    return refresh_window(ttl, SchedulePolicy(min_margin=refresh["min_margin_seconds"]))
+    return refresh_window(
+        ttl, schedule_policy(RefreshConfig(min_margin_seconds=refresh["min_margin_seconds"]))
+    )
 
 
 def measure_scaling(

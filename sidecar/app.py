@@ -25,7 +25,7 @@ from sidecar.adapters.sink import FileSink
 from sidecar.adapters.vault import VaultSecretStore, VaultSession
 from sidecar.backoff import BackoffPolicy
 from sidecar.clock import SystemClock
-from sidecar.config import CredentialConfig, Settings
+from sidecar.config import CoordinationConfig, CredentialConfig, RefreshConfig, Settings
 from sidecar.coordination import CoordinationPolicy
 from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
@@ -39,7 +39,14 @@ if TYPE_CHECKING:
     # start-up time and memory in every pod that leaves them off (see BENCHMARKS.md).
     from sidecar.adapters.events import KubernetesEvents
 
-__all__ = ["App", "CheckResult"]
+__all__ = [
+    "App",
+    "CheckResult",
+    "backoff_policy",
+    "coordination_policy",
+    "refresh_policy",
+    "schedule_policy",
+]
 
 log = structlog.get_logger("sidecar.app")
 
@@ -116,20 +123,7 @@ class App:
                 for c in settings.credentials
             ),
         )
-        refresh = settings.refresh
-        coordination = settings.coordination
-        self.policy = RefreshPolicy(
-            schedule=SchedulePolicy.from_config(refresh),
-            backoff=BackoffPolicy.from_config(refresh),
-            coordination=CoordinationPolicy(
-                claim_seconds=coordination.claim_seconds,
-                clock_skew_seconds=coordination.clock_skew_seconds,
-                poll_seconds=coordination.poll_seconds,
-            ),
-            secret_poll=refresh.secret_poll_seconds,
-            operation_timeout=settings.vault.timeout_seconds,
-            exchange_timeout=settings.http.timeout_seconds,
-        )
+        self.policy = refresh_policy(settings)
         self.refreshers = [self._refresher(c) for c in settings.credentials]
 
     def _refresher(self, credential: CredentialConfig) -> Refresher:
@@ -307,6 +301,48 @@ class App:
                 results.append(CheckResult(subject, ok=False, detail=exc.message))
         await self.close()
         return results
+
+
+# -- the core's policies, from the settings (each default lives in sidecar.config) -----------
+
+
+def schedule_policy(refresh: RefreshConfig) -> SchedulePolicy:
+    return SchedulePolicy(
+        fraction=refresh.fraction,
+        jitter=refresh.jitter,
+        min_margin=refresh.min_margin_seconds,
+        min_interval=refresh.min_interval_seconds,
+        default_expires_in=refresh.default_expires_in,
+        min_expires_in=refresh.min_expires_in,
+        max_expires_in=refresh.max_expires_in,
+    )
+
+
+def backoff_policy(refresh: RefreshConfig) -> BackoffPolicy:
+    return BackoffPolicy(
+        initial=refresh.backoff_initial_seconds,
+        maximum=refresh.backoff_max_seconds,
+        max_retry_after=refresh.max_retry_after_seconds,
+    )
+
+
+def coordination_policy(coordination: CoordinationConfig) -> CoordinationPolicy:
+    return CoordinationPolicy(
+        claim_seconds=coordination.claim_seconds,
+        clock_skew_seconds=coordination.clock_skew_seconds,
+        poll_seconds=coordination.poll_seconds,
+    )
+
+
+def refresh_policy(settings: Settings) -> RefreshPolicy:
+    return RefreshPolicy(
+        schedule=schedule_policy(settings.refresh),
+        backoff=backoff_policy(settings.refresh),
+        coordination=coordination_policy(settings.coordination),
+        secret_poll=settings.refresh.secret_poll_seconds,
+        operation_timeout=settings.vault.timeout_seconds,
+        exchange_timeout=settings.http.timeout_seconds,
+    )
 
 
 def client_template(credential: CredentialConfig) -> ClientTemplate:

@@ -11,24 +11,19 @@ import math
 import random
 from dataclasses import dataclass
 
-from sidecar.config import RefreshConfig
-
 __all__ = ["BackoffPolicy", "backoff_delay"]
 
 
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
-    initial: float = 1.0
-    maximum: float = 90.0
-    max_retry_after: float = 3600.0
+    """``refresh.backoff_initial_seconds``, ``backoff_max_seconds``, ``max_retry_after_seconds``.
 
-    @classmethod
-    def from_config(cls, config: RefreshConfig) -> BackoffPolicy:
-        return cls(
-            initial=config.backoff_initial_seconds,
-            maximum=config.backoff_max_seconds,
-            max_retry_after=config.max_retry_after_seconds,
-        )
+    No defaults here: the wiring builds the policy from the settings, where each default is.
+    """
+
+    initial: float
+    maximum: float
+    max_retry_after: float
 
 
 def backoff_delay(

@@ -1,4 +1,8 @@
-"""Configuration: a YAML file, overridable key by key from the environment.
+"""The configuration schema: every key, its unit, its default and why.
+
+Each default exists here and only here: the wiring (:mod:`sidecar.app`) builds the policies of
+the pure core from these settings. Every field carries a docstring giving its unit, default and
+reason, in the order the README's configuration example lists them.
 
 Precedence, highest first:
 
@@ -9,14 +13,8 @@ Precedence, highest first:
 3. the YAML file given with ``--config``;
 4. the defaults below.
 
-Unknown keys and bad values stop start-up: :func:`load_settings` raises :class:`ConfigError`
-with one message per problem, each naming its key (``credentials[0].token_endpoint``). Values
-are never echoed, since a misplaced secret could be among them.
-
-Every problem is reported at once, contradictions between keys included. Pydantic checks a
-model's cross-key rules (its ``after`` validators) only when each of its fields is valid, so
-when anything failed, :func:`load_settings` checks each rule again on its own keys (see
-``_RULES``) and adds what that finds.
+Reading the file and the environment and naming every problem at once, each by its key, is
+:mod:`sidecar.configload`'s job; :func:`load_settings` is its entry point.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -40,14 +37,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from sidecar.errors import ConfigError
 from sidecar.model import ClientAuthMethod
 
 __all__ = [
@@ -55,6 +46,7 @@ __all__ = [
     "CredentialConfig",
     "EventsConfig",
     "HttpConfig",
+    "InvalidSettings",
     "JournalConfig",
     "LogConfig",
     "RefreshConfig",
@@ -62,6 +54,8 @@ __all__ = [
     "Settings",
     "VaultAuthConfig",
     "VaultConfig",
+    "check_url",
+    "duplicate_credentials",
     "load_settings",
 ]
 
@@ -98,15 +92,24 @@ def check_url(value: str, *, allow_http: bool, what: str) -> str:
 
 
 class VaultAuthConfig(_Section):
+    """How the sidecar logs in to Vault."""
+
     method: Literal["kubernetes", "jwt", "approle", "token"] = "kubernetes"
-    mount: str | None = Field(
-        default=None, description="Auth mount path; defaults to the method name."
-    )
+    """Auth method. Default ``kubernetes`` inside ``vault.auth``: a pod has a service account
+    token; with no ``auth`` section at all the whole section defaults to ``token``."""
+    mount: str | None = None
+    """Auth mount path. Default: the method's name, Vault's own default mount."""
     role: str | None = None
+    """Vault role. No default; required for ``kubernetes`` and ``jwt``, which need one."""
     jwt_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    """JWT for ``kubernetes``/``jwt``, re-read at every login (projected tokens rotate).
+    Default: the service account token Kubernetes mounts in every pod."""
     role_id_file: Path | None = None
+    """``approle``: file holding the role ID. No default; required for ``approle``."""
     secret_id_file: Path | None = None
+    """``approle``: file holding the secret ID. No default; required for ``approle``."""
     token_file: Path | None = None
+    """``token``: file holding a Vault token. Default: none, then ``$VAULT_TOKEN``."""
 
     @property
     def mount_path(self) -> str:
@@ -124,12 +127,23 @@ class VaultAuthConfig(_Section):
 
 
 class VaultConfig(_Section):
+    """Where the refresh tokens are kept."""
+
     address: str = "https://127.0.0.1:8200"
+    """Vault's URL. Default ``https://127.0.0.1:8200``, Vault's own; http only to loopback
+    unless ``allow_insecure_http``, since the Vault token travels with every request."""
     namespace: str = ""
+    """Vault Enterprise namespace. Default empty: the root namespace."""
     ca_cert: Path | None = None
+    """PEM CA bundle for Vault. Default: the system CAs; verification is never off."""
     allow_insecure_http: bool = False
+    """Allow plain http to a non-loopback Vault. Default false: tokens must not cross a network
+    in clear text by accident."""
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """Seconds for one Vault request, answer included. Default 10: long enough for a busy
+    Vault, short enough for the liveness promise; at most 300."""
     auth: VaultAuthConfig = VaultAuthConfig(method="token")
+    """How to log in. Default: the ``token`` method (``$VAULT_TOKEN``), for local runs."""
 
     @model_validator(mode="after")
     def _address(self) -> Self:
@@ -138,29 +152,50 @@ class VaultConfig(_Section):
 
 
 class CredentialConfig(_Section):
+    """One OAuth client: where its refresh token lives, whom to ask, where to write."""
+
     name: str
+    """Name used in metric labels, logs and file names: 1-63 of a-z, 0-9 and '-'. No default."""
     kv_mount: str = "secret"
+    """KV version 2 mount. Default ``secret``, Vault's dev-mode mount."""
     kv_path: Annotated[str, Field(min_length=1)]
+    """Path of the secret under the mount. No default. Its fields: ``refresh_token``
+    (required), ``client_id``, ``client_secret``, ``private_key``."""
     token_endpoint: str | None = None
+    """Token endpoint URL. No default; set exactly one of this and ``issuer``."""
     issuer: str | None = None
+    """Issuer URL for discovery (RFC 8414 / OIDC); the answer's issuer must match. No default;
+    set exactly one of this and ``token_endpoint``."""
     client_id: str | None = None
+    """OAuth client ID. Default: the secret's ``client_id`` field."""
     client_auth: ClientAuthMethod = "client_secret_basic"
-    private_key_file: Path | None = Field(
-        default=None,
-        description="PEM key for private_key_jwt; else the secret's private_key field.",
-    )
+    """Client authentication. Default ``client_secret_basic``, the one RFC 6749 requires every
+    server to support."""
+    private_key_file: Path | None = None
+    """``private_key_jwt``: PEM key file. Default: the secret's ``private_key`` field."""
     signing_alg: Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"] = "RS256"
+    """``private_key_jwt``: signature algorithm. Default RS256, the one every server accepts."""
     key_id: str | None = None
+    """``private_key_jwt``: ``kid`` header. Default: none, for servers with one key per client."""
     scope: str | None = None
+    """Scope to ask for. Default: none, the grant's original scope (RFC 6749 section 6)."""
     resource: list[str] = Field(default_factory=list)
+    """RFC 8707 resource indicators. Default: none."""
     audience: str | None = None
+    """``audience`` parameter (Auth0 style). Default: none."""
     output_dir: Path
+    """Directory of the token files. No default: each credential needs its own."""
     file_mode: int = 0o440
-    file_group: Annotated[int, Field(ge=0, le=4_294_967_294)] | None = Field(
-        default=None, description="Numeric group of the token files (and a created directory)."
-    )
-    required: bool = Field(default=True, description="Counts towards /readyz.")
+    """Mode of the token files, octal (``"0440"``). Default 0440: the owner and the group
+    read, nobody writes; never world-writable."""
+    file_group: Annotated[int, Field(ge=0, le=4_294_967_294)] | None = None
+    """Numeric group of the token files (and of a directory the sidecar creates). Default:
+    the sidecar's own group."""
+    required: bool = True
+    """Counts towards ``/readyz``. Default true: a pod is ready only with every token."""
     allow_insecure_http: bool = False
+    """Allow plain http to a non-loopback endpoint. Default false: client secrets and tokens
+    must not cross a network in clear text by accident."""
 
     @field_validator("name")
     @classmethod
@@ -212,7 +247,11 @@ class CredentialConfig(_Section):
 
 
 class ServerConfig(_Section):
+    """The health and metrics server."""
+
     address: str = "0.0.0.0:8099"  # the kubelet probes the pod IP
+    """HOST:PORT for ``/livez``, ``/readyz``, ``/healthz`` and ``/metrics``. Default
+    ``0.0.0.0:8099``: the kubelet and Prometheus reach the pod IP."""
 
     @field_validator("address")
     @classmethod
@@ -232,8 +271,12 @@ class ServerConfig(_Section):
 
 
 class LogConfig(_Section):
+    """Logging (see docs/logging.md)."""
+
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged. Default ``info``: every event an operator acts on, no noise."""
     format: Literal["json", "console"] = "json"
+    """``json`` (one object a line, default: what log collectors read) or ``console``."""
 
     @field_validator("level", "format", mode="before")
     @classmethod
@@ -245,18 +288,41 @@ class RefreshConfig(_Section):
     """When to refresh, how to back off, and the clamps applied to ``expires_in``."""
 
     fraction: Annotated[float, Field(gt=0.1, lt=0.95)] = 2 / 3
+    """Refresh at this fraction of the token's lifetime. Default 2/3: a third of the lifetime
+    is left to ride out an outage of the authorization server."""
     jitter: Annotated[float, Field(ge=0, le=0.2)] = 0.05
+    """Plus or minus this fraction of the lifetime, drawn at random. Default 0.05: a fleet
+    started together does not refresh together."""
     min_margin_seconds: Annotated[float, Field(ge=0)] = 60.0
+    """Seconds before expiry by which a refresh happens at the latest. Default 60: a minute
+    of retries before the file holds an expired token. Short tokens use half their lifetime."""
     min_interval_seconds: Annotated[float, Field(ge=0.1)] = 1.0
+    """Seconds between two refreshes at the least. Default 1: an absurd ``expires_in``
+    cannot make a hot loop."""
     default_expires_in: Annotated[float, Field(gt=0)] = 300.0
+    """Seconds of lifetime assumed when the answer has no usable ``expires_in``. Default 300:
+    short enough to be safe for any token, long enough not to hammer the server."""
     min_expires_in: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds of lifetime assumed for a zero or negative ``expires_in``. Default 5."""
     max_expires_in: Annotated[float, Field(gt=0)] = 86_400.0
+    """Largest ``expires_in`` believed, in seconds. Default 86400 (one day): a refresh at
+    least daily keeps the refresh token in use and visible in metrics."""
     backoff_initial_seconds: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds of the first backoff step after a retryable failure. Default 1."""
     backoff_max_seconds: Annotated[float, Field(gt=0)] = 90.0
+    """Largest backoff step in seconds. Default 90: a fleet recovers within two minutes of an
+    outage's end."""
     max_retry_after_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    """Longest ``Retry-After`` honoured, in seconds. Default 3600: a server cannot park the
+    sidecar for longer than an hour."""
     secret_poll_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds between looks for a re-seeded secret after a final error (invalid_grant).
+    Default 30: an operator's fix is picked up within half a minute."""
     ready_margin_seconds: Annotated[float, Field(ge=0)] = 5.0
+    """``/readyz`` needs every required token valid for this many seconds more. Default 5."""
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 20.0
+    """Seconds a pending write-back of a rotated token gets after SIGTERM. Default 20: within
+    Kubernetes' default termination grace of 30 s."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -276,11 +342,14 @@ class RefreshConfig(_Section):
 class HttpConfig(_Section):
     """The HTTP client used for token endpoints and discovery documents."""
 
-    ca_cert: Path | None = Field(
-        default=None, description="CA bundle for the authorization servers; else system CAs."
-    )
+    ca_cert: Path | None = None
+    """PEM CA bundle for the authorization servers. Default: the system CAs."""
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """Seconds for one request, answer included. Default 10; at most 300. A claim must be
+    longer (``coordination.claim_seconds``)."""
     max_response_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    """Largest answer read, in bytes. Default 1 MiB: a token answer is a few kilobytes, and a
+    hostile server must not exhaust memory."""
 
 
 def _default_holder() -> str:
@@ -291,12 +360,18 @@ class CoordinationConfig(_Section):
     """How replicas sharing one secret take turns (see sidecar.coordination)."""
 
     holder: Annotated[str, Field(min_length=1, max_length=253)] = Field(
-        default_factory=_default_holder,
-        description="This replica's name in claims; $POD_NAME, else the host name.",
+        default_factory=_default_holder
     )
+    """This replica's name in claims. Default: ``$POD_NAME``, else the host name; unique per
+    pod so that a replica knows its own claim."""
     claim_seconds: Annotated[float, Field(ge=5, le=3600)] = 30.0
+    """Seconds a claim lasts. Default 30: longer than one exchange plus one Vault write; must
+    exceed ``http.timeout_seconds``."""
     clock_skew_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    """Seconds of allowance for wall clocks that disagree between nodes when judging another's
+    claim. Default 5: NTP keeps nodes far closer."""
     poll_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    """Seconds between looks while another replica holds the claim, at most. Default 1."""
 
 
 class EventsConfig(_Section):
@@ -306,14 +381,33 @@ class EventsConfig(_Section):
     """
 
     enabled: bool = False
+    """Emit Events. Default false: it needs RBAC and the ``kubernetes`` extra."""
     dedupe_seconds: Annotated[float, Field(ge=0, le=86_400)] = 600.0
+    """Seconds within which the same Event is not sent again. Default 600: a failure that
+    persists does not flood the API server."""
     queue_size: Annotated[int, Field(ge=1, le=1000)] = 32
+    """Events waiting to be sent at most; more are dropped and counted. Default 32."""
 
 
 class JournalConfig(_Section):
-    """Where a rotated refresh token waits until Vault holds it (a private in-memory volume)."""
+    """Where a rotated refresh token waits until Vault holds it."""
 
     dir: Path | None = None
+    """A private in-memory volume (``emptyDir: {medium: Memory}``). Default: none, no journal:
+    a crash between rotation and write-back then loses the rotated token."""
+
+
+class InvalidSettings(Exception):  # an internal carrier, never seen by callers
+    """A failed validation of the merged input (file, ``VAULT_*`` and environment).
+
+    :mod:`sidecar.configload` checks the cross-key rules on ``data`` again, one by one, since
+    pydantic runs a model's ``after`` validators only when each of its fields is valid.
+    """
+
+    def __init__(self, error: ValidationError, data: Mapping[str, Any]) -> None:
+        super().__init__("invalid configuration")
+        self.error = error
+        self.data = data
 
 
 class Settings(BaseSettings):
@@ -325,20 +419,29 @@ class Settings(BaseSettings):
     )
 
     vault: VaultConfig = VaultConfig()
+    """Where the refresh tokens are kept. Default: every key of the section at its default."""
     credentials: Annotated[list[CredentialConfig], Field(min_length=1)]
+    """The OAuth clients, one or more, each isolated from the others. No default."""
     server: ServerConfig = ServerConfig()
+    """The health and metrics server. Default: every key at its default."""
     log: LogConfig = LogConfig()
+    """Logging. Default: every key at its default."""
     refresh: RefreshConfig = RefreshConfig()
+    """The schedule, backoff and clamps. Default: every key at its default."""
     http: HttpConfig = HttpConfig()
+    """The client for token endpoints and discovery. Default: every key at its default."""
     journal: JournalConfig = JournalConfig()
+    """Where rotated tokens wait for Vault. Default: no journal."""
     coordination: CoordinationConfig = Field(default_factory=CoordinationConfig)
+    """How replicas sharing a secret take turns. Default: every key at its default."""
     events: EventsConfig = EventsConfig()
+    """Kubernetes Events. Default: off."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        problems = _duplicates([(c.name, c.output_dir) for c in self.credentials])
-        if self.coordination.claim_seconds <= self.http.timeout_seconds:
-            problems.append(_CLAIM_TOO_SHORT)
+        problems = duplicate_credentials([(c.name, c.output_dir) for c in self.credentials])
+        if claim_too_short(self.coordination.claim_seconds, self.http.timeout_seconds):
+            problems.append(CLAIM_TOO_SHORT)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -346,14 +449,14 @@ class Settings(BaseSettings):
     @model_validator(mode="wrap")
     @classmethod
     def _every_problem(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        """On any failure, add the cross-key problems pydantic did not get to (see _RULES)."""
+        """On failure, hand the merged input on so every cross-key rule can be checked."""
         try:
             return handler(data)
         except ValidationError as exc:
             if not isinstance(data, Mapping):
                 raise
             # Not a ValueError: pydantic lets it through untouched, to load_settings.
-            raise _Problems(exc, _cross_key_problems(data)) from None
+            raise InvalidSettings(exc, data) from None
 
     @classmethod
     def settings_customise_sources(
@@ -368,97 +471,18 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-_VAULT_ENV = {"VAULT_ADDR": "address", "VAULT_CACERT": "ca_cert", "VAULT_NAMESPACE": "namespace"}
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"--config {path}: cannot read ({exc.strerror})"]) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"--config {path}: not valid YAML{where}"]) from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"--config {path}: the top level must be a mapping"])
-    return data
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int) and not isinstance(part, bool):
-            out += f"[{part}]"
-        elif _is_validator_name(part):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-_KEY_PIECE = re.compile(r"[a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*: ")
-
-
-def _problems(
-    exc: ValidationError,
-    *,
-    prefix: tuple[int | str, ...] = (),
-    model_level_only: bool = False,
-) -> list[str]:
-    """One message per problem, each starting with the key it is about.
-
-    ``prefix`` is where the validated model sits in the whole configuration;
-    ``model_level_only`` keeps only the problems of a model's cross-key rules.
-    """
-    problems: list[str] = []
-    for error in exc.errors(include_input=False, include_url=False):
-        loc = tuple(part for part in error["loc"] if not _is_validator_name(part))
-        if model_level_only and loc:
-            continue
-        where = _location(prefix + loc)
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        for piece in message.split("; "):
-            if piece.startswith(("credentials[", "coordination.")):
-                problems.append(piece)  # already a full key, from a top-level rule
-            elif _KEY_PIECE.match(piece):
-                problems.append(f"{where}.{piece}" if where != "(top level)" else piece)
-            else:
-                problems.append(f"{where}: {piece}")
-    return problems
-
-
-def _is_validator_name(part: int | str) -> bool:
-    return isinstance(part, str) and part.startswith(
-        ("function-after", "function-before", "function-wrap")
-    )
-
-
-_CLAIM_TOO_SHORT = (
+CLAIM_TOO_SHORT = (
     "coordination.claim_seconds: must be longer than http.timeout_seconds, "
     "or no exchange could ever start"
 )
 
 
-def _duplicates(credentials: list[tuple[Any, Any]]) -> list[str]:
+def claim_too_short(claim_seconds: float, timeout_seconds: float) -> bool:
+    """A claim must outlast one exchange, or no replica could ever start one."""
+    return claim_seconds <= timeout_seconds
+
+
+def duplicate_credentials(credentials: list[tuple[Any, Any]]) -> list[str]:
     """Duplicate names and output directories among ``(name, output_dir)`` pairs."""
     problems: list[str] = []
     seen_names: set[str] = set()
@@ -479,120 +503,11 @@ def _duplicates(credentials: list[tuple[Any, Any]]) -> list[str]:
     return problems
 
 
-class _Problems(Exception):  # an internal carrier, never seen by callers
-    """A failed validation plus the cross-key problems found beside it."""
-
-    def __init__(self, error: ValidationError, extra: list[str]) -> None:
-        super().__init__("invalid configuration")
-        self.error = error
-        self.extra = extra
-
-
-#: The keys each cross-key rule reads, per model: validated alone (other keys at their
-#: defaults), a rule reports its problem even when unrelated keys of the model are invalid.
-_RULES: dict[type[BaseModel], tuple[tuple[str, ...], ...]] = {
-    VaultAuthConfig: (("method", "role", "role_id_file", "secret_id_file"),),
-    VaultConfig: (("address", "allow_insecure_http"),),
-    CredentialConfig: (("token_endpoint", "issuer", "allow_insecure_http"),),
-    RefreshConfig: (
-        ("min_expires_in", "max_expires_in"),
-        ("min_expires_in", "max_expires_in", "default_expires_in"),
-        ("backoff_initial_seconds", "backoff_max_seconds"),
-    ),
-}
-#: Valid stand-ins for required keys a rule does not read.
-_STAND_INS: dict[type[BaseModel], dict[str, Any]] = {
-    CredentialConfig: {"name": "stand-in", "kv_path": "stand-in", "output_dir": "/stand-in"},
-}
-#: When one of these keys is itself invalid, a rule is checked with its most permissive
-#: value, so that what is wrong whatever the key says (``ftp://``) is still reported.
-_PERMISSIVE: dict[str, Any] = {"allow_insecure_http": True}
-
-
-def _rule_problems(model: type[BaseModel], raw: Any, loc: tuple[int | str, ...]) -> list[str]:
-    if not isinstance(raw, Mapping):
-        return []
-    problems: list[str] = []
-    for keys in _RULES[model]:
-        subset = {**_STAND_INS.get(model, {}), **{k: raw[k] for k in keys if k in raw}}
-        for _ in range(2):
-            try:
-                model.model_validate(subset)
-            except ValidationError as exc:
-                invalid = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-                if not invalid:
-                    problems += _problems(exc, prefix=loc, model_level_only=True)
-                elif invalid <= _PERMISSIVE.keys():
-                    subset.update({key: _PERMISSIVE[key] for key in invalid})
-                    continue
-                # Otherwise a key the rule reads is invalid itself: reported on its own.
-            break
-    return problems
-
-
-def _cross_key_problems(data: Mapping[str, Any]) -> list[str]:
-    vault = data.get("vault")
-    problems = _rule_problems(VaultConfig, vault, ("vault",))
-    if isinstance(vault, Mapping) and "auth" in vault:  # else the default, token: valid
-        problems += _rule_problems(VaultAuthConfig, vault["auth"], ("vault", "auth"))
-    credentials = data.get("credentials")
-    if isinstance(credentials, list):
-        pairs = []
-        for index, credential in enumerate(credentials):
-            problems += _rule_problems(CredentialConfig, credential, ("credentials", index))
-            if isinstance(credential, Mapping):
-                pairs.append((credential.get("name"), credential.get("output_dir")))
-            else:
-                pairs.append((None, None))
-        problems += _duplicates(pairs)
-    problems += _rule_problems(RefreshConfig, data.get("refresh"), ("refresh",))
-    try:
-        claim = CoordinationConfig.model_validate(
-            {k: v for k, v in _section(data, "coordination").items() if k == "claim_seconds"}
-        ).claim_seconds
-        timeout = HttpConfig.model_validate(
-            {k: v for k, v in _section(data, "http").items() if k == "timeout_seconds"}
-        ).timeout_seconds
-    except ValidationError:
-        pass  # reported by the full validation
-    else:
-        if claim <= timeout:
-            problems.append(_CLAIM_TOO_SHORT)
-    return problems
-
-
-def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = data.get(name)
-    return value if isinstance(value, Mapping) else {}
-
-
-def _unique_in_order(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
 def load_settings(path: Path | None = None) -> Settings:
-    """Read the YAML file (if any) and the environment; raise ConfigError listing every problem."""
-    env = os.environ
-    data = _read_yaml(path) if path is not None else {}
-    vault_env = {key: env[name] for name, key in _VAULT_ENV.items() if env.get(name)}
-    if vault_env:
-        section = data.get("vault")
-        data = _merge(
-            data, {"vault": _merge(section if isinstance(section, dict) else {}, vault_env)}
-        )
-    odd_keys = [key for key in data if not isinstance(key, str)]
-    if odd_keys:
-        raise ConfigError([f"{key}: unknown key (keys are strings)" for key in odd_keys])
-    try:
-        return Settings(**data)
-    except _Problems as exc:
-        raise ConfigError(_unique_in_order(_problems(exc.error) + exc.extra)) from None
-    except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
-    except SettingsError as exc:
-        # A TOKEN_SIDECAR_* variable that must hold JSON (a list or a section) does not.
-        field = re.search(r'field "([^"]+)"', str(exc))
-        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else f"{ENV_PREFIX}*"
-        raise ConfigError(
-            [f"{name}: not valid JSON for this key (the value is not shown)"]
-        ) from None
+    """Read the YAML file (if any) and the environment; raise ConfigError listing every problem.
+
+    See :func:`sidecar.configload.load`.
+    """
+    from sidecar.configload import load  # noqa: PLC0415  # it builds on this schema
+
+    return load(path)

@@ -202,11 +202,13 @@ class SharedState:
 
 @dataclass(frozen=True, slots=True)
 class CoordinationPolicy:
-    claim_seconds: float = 30.0
+    """The ``coordination`` settings, in seconds (defaults and reasons: sidecar.config)."""
+
+    claim_seconds: float
     """How long a claim lasts; longer than one exchange plus one Vault write."""
-    clock_skew_seconds: float = 5.0
+    clock_skew_seconds: float
     """Allowance for wall clocks that disagree between nodes when judging another's claim."""
-    poll_seconds: float = 1.0
+    poll_seconds: float
     """How often a waiting replica looks again while another holds the claim."""
 
 

@@ -132,14 +132,16 @@ def client_credentials(template: ClientTemplate, secret: StoredSecret) -> Client
 
 @dataclass(frozen=True, slots=True)
 class RefreshPolicy:
-    schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    coordination: CoordinationPolicy = field(default_factory=CoordinationPolicy)
-    secret_poll: float = 30.0
+    """Everything the loop decides with, in seconds; built by the wiring from the settings."""
+
+    schedule: SchedulePolicy
+    backoff: BackoffPolicy
+    coordination: CoordinationPolicy
+    secret_poll: float
     """How often to look for a re-seeded secret after a final error."""
-    operation_timeout: float = 10.0
+    operation_timeout: float
     """Upper bound of one Vault call, for the liveness promise."""
-    exchange_timeout: float = 10.0
+    exchange_timeout: float
     """Upper bound of one token endpoint call; a claim must have this much left to exchange."""
 
 
@@ -155,7 +157,7 @@ class Refresher:
         clock: Clock,
         stop: asyncio.Event,
         holder: str = "sidecar",
-        policy: RefreshPolicy | None = None,
+        policy: RefreshPolicy,
         observer: RefreshObserver | None = None,
         journal: Journal | None = None,
         rng: random.Random | None = None,
@@ -169,7 +171,7 @@ class Refresher:
         self._clock = clock
         self._stop = stop
         self._holder = holder
-        self._policy = policy or RefreshPolicy()
+        self._policy = policy
         self._observer = observer
         self._journal = journal
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography

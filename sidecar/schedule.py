@@ -8,9 +8,9 @@ delay is ever shorter than ``min_interval`` (so an absurd ``expires_in`` cannot 
 ``expires_in`` as sent by the server is clamped first (:func:`effective_lifetime`):
 
 ==========================  ==========================================
-absent, not a number        ``default_expires_in`` (300 s)
-zero or negative            ``min_expires_in`` (5 s)
-astronomically large        ``max_expires_in`` (1 day)
+absent, not a number        ``default_expires_in`` (default 300 s)
+zero or negative            ``min_expires_in`` (default 5 s)
+astronomically large        ``max_expires_in`` (default 1 day)
 ==========================  ==========================================
 """
 
@@ -20,32 +20,23 @@ import math
 import random
 from dataclasses import dataclass
 
-from sidecar.config import RefreshConfig
-
 __all__ = ["SchedulePolicy", "effective_lifetime", "refresh_delay", "refresh_window"]
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulePolicy:
-    fraction: float = 2 / 3
-    jitter: float = 0.05
-    min_margin: float = 60.0
-    min_interval: float = 1.0
-    default_expires_in: float = 300.0
-    min_expires_in: float = 5.0
-    max_expires_in: float = 86_400.0
+    """The ``refresh`` settings this module reads, in seconds (see sidecar.config).
 
-    @classmethod
-    def from_config(cls, config: RefreshConfig) -> SchedulePolicy:
-        return cls(
-            fraction=config.fraction,
-            jitter=config.jitter,
-            min_margin=config.min_margin_seconds,
-            min_interval=config.min_interval_seconds,
-            default_expires_in=config.default_expires_in,
-            min_expires_in=config.min_expires_in,
-            max_expires_in=config.max_expires_in,
-        )
+    No defaults here: the wiring builds the policy from the settings, where each default is.
+    """
+
+    fraction: float
+    jitter: float
+    min_margin: float
+    min_interval: float
+    default_expires_in: float
+    min_expires_in: float
+    max_expires_in: float
 
 
 def effective_lifetime(expires_in: float | None, policy: SchedulePolicy) -> float:

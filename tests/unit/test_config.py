@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 from pathlib import Path
 
 import pytest
 
+import sidecar.config
 from sidecar.config import load_settings
 from sidecar.errors import ConfigError
 
@@ -144,3 +147,32 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     assert problems(tmp_path, "- a\n- b\n") == [
         f"--config {tmp_path / 'config.yaml'}: the top level must be a mapping"
     ]
+
+
+def test_every_setting_documents_its_default_where_it_is_defined() -> None:
+    """Each key of the schema has a docstring naming its default (kopf's configuration style)."""
+    tree = ast.parse(inspect.getsource(sidecar.config))
+    undocumented: list[str] = []
+    fields = 0
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        body = node.body
+        for index, statement in enumerate(body):
+            if not isinstance(statement, ast.AnnAssign) or not isinstance(
+                statement.target, ast.Name
+            ):
+                continue
+            fields += 1
+            after = body[index + 1] if index + 1 < len(body) else None
+            doc = (
+                after.value.value
+                if isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+                else ""
+            )
+            if "default" not in doc.lower():
+                undocumented.append(f"{node.name}.{statement.target.id}")
+    assert fields > 50
+    assert undocumented == []

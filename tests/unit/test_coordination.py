@@ -8,16 +8,15 @@ import random
 
 from sidecar.coordination import (
     Action,
-    CoordinationPolicy,
     SharedState,
     decide,
     fingerprint,
     with_claim,
     with_release,
 )
-from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy
-from sidecar.schedule import SchedulePolicy
+from sidecar.refresher import ClientTemplate, Refresher
 from sidecar.status import CredentialStatus, Phase
+from tests.support import policies
 from tests.unit.fakes import (
     Events,
     FakeExchanger,
@@ -27,7 +26,7 @@ from tests.unit.fakes import (
     run_without_leaks,
 )
 
-POLICY = CoordinationPolicy(claim_seconds=30, clock_skew_seconds=5, poll_seconds=1)
+POLICY = policies.coordination(claim_seconds=30, clock_skew_seconds=5, poll_seconds=1)
 
 
 def test_decide_reuses_a_fresh_shared_token() -> None:
@@ -80,8 +79,8 @@ class Fleet:
         self.exchanger = FakeExchanger(self.events, expires_in=expires_in)
         self.sinks = [FakeSink(self.events) for _ in range(replicas)]
         self.statuses = [CredentialStatus(name="demo") for _ in range(replicas)]
-        policy = RefreshPolicy(
-            schedule=SchedulePolicy(min_margin=5.0),
+        policy = policies.policy(
+            schedule=policies.schedule(min_margin=5.0),
             coordination=POLICY,
             secret_poll=30.0,
             operation_timeout=5.0,
@@ -172,7 +171,7 @@ def test_a_replica_stalled_past_its_claim_never_presents_the_token() -> None:
         clock=clock,
         stop=stop,
         holder="stalled",
-        policy=RefreshPolicy(
+        policy=policies.policy(
             coordination=POLICY, operation_timeout=5.0, exchange_timeout=5.0, secret_poll=30
         ),
         rng=random.Random(1),

@@ -10,14 +10,12 @@ import random
 import pytest
 
 from bench.fleet import FleetScenario, simulate
-from sidecar.backoff import BackoffPolicy
-from sidecar.coordination import CoordinationPolicy
-from sidecar.schedule import SchedulePolicy
+from tests.support import policies
 
 # expires_in 300 and no jitter: every refresh exactly 200 s after the exchange.
-SCHEDULE = SchedulePolicy(fraction=2 / 3, jitter=0.0, min_margin=60.0)
-BACKOFF = BackoffPolicy(initial=1.0, maximum=300.0)
-COORDINATION = CoordinationPolicy()
+SCHEDULE = policies.schedule(fraction=2 / 3, jitter=0.0, min_margin=60.0)
+BACKOFF = policies.backoff(initial=1.0, maximum=300.0)
+COORDINATION = policies.coordination()
 
 
 class LowEnd(random.Random):

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from sidecar.adapters.vault import parse_retry_after as vault_retry_after
 from sidecar.adapters.vault import secret_from_kv
 from sidecar.adapters.vault.api import UnexpectedResponse
+from sidecar.app import backoff_policy, schedule_policy
 from sidecar.backoff import BackoffPolicy, backoff_delay
 from sidecar.config import RefreshConfig, load_settings
 from sidecar.discovery import parse_discovery
@@ -242,7 +243,7 @@ def schedule_policies(draw: st.DrawFn) -> SchedulePolicy:
         max_expires_in=high,
         default_expires_in=draw(st.floats(min_value=low, max_value=high)),
     )
-    return SchedulePolicy.from_config(config)
+    return schedule_policy(config)
 
 
 EXPIRES_IN = st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10, 10**9)
@@ -290,7 +291,7 @@ def backoff_policies(draw: st.DrawFn) -> BackoffPolicy:
         backoff_max_seconds=draw(st.floats(min_value=initial, max_value=1e5)),
         max_retry_after_seconds=draw(st.floats(min_value=0.001, max_value=1e5)),
     )
-    return BackoffPolicy.from_config(config)
+    return backoff_policy(config)
 
 
 @PROPERTY

@@ -16,9 +16,9 @@ from sidecar.errors import (
     VaultUnavailable,
 )
 from sidecar.model import JournalEntry
-from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy
-from sidecar.schedule import SchedulePolicy
+from sidecar.refresher import ClientTemplate, Refresher
 from sidecar.status import CredentialStatus, Phase
+from tests.support import policies
 from tests.unit.fakes import (
     Events,
     FakeClock,
@@ -40,8 +40,8 @@ class Rig:
         self.sink = FakeSink(self.events)
         self.journal = FakeJournal(self.events) if journal else None
         self.status = CredentialStatus(name="demo")
-        self.policy = RefreshPolicy(
-            schedule=SchedulePolicy(min_margin=5.0), secret_poll=30.0, operation_timeout=5.0
+        self.policy = policies.policy(
+            schedule=policies.schedule(min_margin=5.0), secret_poll=30.0, operation_timeout=5.0
         )
         self.refresher = Refresher(
             store=self.store,

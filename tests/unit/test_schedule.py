@@ -8,10 +8,11 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.backoff import BackoffPolicy, backoff_delay
-from sidecar.schedule import SchedulePolicy, effective_lifetime, refresh_delay
+from sidecar.backoff import backoff_delay
+from sidecar.schedule import effective_lifetime, refresh_delay
+from tests.support import policies
 
-POLICY = SchedulePolicy()
+POLICY = policies.schedule()
 
 
 def test_lifetime_clamps_and_defaults() -> None:
@@ -33,7 +34,7 @@ def test_refresh_at_about_two_thirds_of_the_lifetime() -> None:
 
 def test_margin_wins_for_short_tokens_and_halves_for_tiny_ones() -> None:
     rng = random.Random(1)
-    policy = SchedulePolicy(min_margin=60)
+    policy = policies.schedule(min_margin=60)
     assert refresh_delay(120, policy, rng) == 60  # 2/3 would leave only 40 s
     assert refresh_delay(4, policy, rng) == 2  # margin larger than the token: half its life
 
@@ -53,7 +54,7 @@ def test_schedule_is_bounded_for_any_expires_in(expires_in: float | None, seed: 
 
 
 def test_backoff_grows_and_caps() -> None:
-    policy = BackoffPolicy(initial=1, maximum=60)
+    policy = policies.backoff(initial=1, maximum=60)
     rng = random.Random(3)
     assert 0.5 <= backoff_delay(1, policy, rng) <= 1
     assert 2 <= backoff_delay(3, policy, rng) <= 4
@@ -61,7 +62,7 @@ def test_backoff_grows_and_caps() -> None:
 
 
 def test_retry_after_is_a_floor_with_a_cap() -> None:
-    policy = BackoffPolicy(initial=1, maximum=60, max_retry_after=600)
+    policy = policies.backoff(initial=1, maximum=60, max_retry_after=600)
     rng = random.Random(3)
     assert backoff_delay(1, policy, rng, retry_after=120) == 120
     assert backoff_delay(1, policy, rng, retry_after=10_000) == 600
@@ -76,6 +77,6 @@ def test_retry_after_is_a_floor_with_a_cap() -> None:
 def test_backoff_is_bounded_for_any_input(
     attempt: int, retry_after: float | None, seed: int
 ) -> None:
-    policy = BackoffPolicy()
+    policy = policies.backoff()
     delay = backoff_delay(attempt, policy, random.Random(seed), retry_after)
     assert policy.initial / 2 <= delay <= max(policy.maximum, policy.max_retry_after)
