@@ -1,4 +1,4 @@
-"""Command line: ``token-sidecar [--config FILE] {run,once,check}`` and ``--version``.
+"""Command line: ``token-sidecar [--config FILE] {run,once,check,injector}`` and ``--version``.
 
 Exit codes: 0 success; 1 a refresh or check failed; 2 the configuration is invalid.
 Heavy imports happen after the arguments are parsed so that ``--version`` and ``--help`` are
@@ -54,7 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in _COMMANDS.items():
         commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+    injector = commands.add_parser(
+        "injector",
+        help=_INJECTOR_HELP,
+        description=f"{_INJECTOR_HELP} (docs/injector.md). Flags win over the config file.",
+        parents=[common],
+    )
+    injector.add_argument("--listen", metavar="ADDR", help="HOST:PORT for /mutate (0.0.0.0:8443)")
+    injector.add_argument("--tls-cert-file", type=Path, metavar="FILE", help="PEM certificate")
+    injector.add_argument("--tls-key-file", type=Path, metavar="FILE", help="PEM private key")
+    injector.add_argument(
+        "--health-address", metavar="ADDR", help="HOST:PORT for /livez /readyz /metrics"
+    )
     return parser
+
+
+_INJECTOR_HELP = "serve the mutating admission webhook that adds the sidecar to annotated pods"
 
 
 def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
@@ -63,6 +78,8 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
     config: Path | None = getattr(args, "config", None)
     if config is None and os.environ.get("TOKEN_SIDECAR_CONFIG"):
         config = Path(os.environ["TOKEN_SIDECAR_CONFIG"])
+    if args.command == "injector":
+        return _injector(args, config)
 
     with _collector_paused():
         from sidecar.config import load_settings  # noqa: PLC0415  # keep --version instant
@@ -82,6 +99,26 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
 
     command: str = args.command
     return asyncio.run(_main(App, settings, command, out))
+
+
+def _injector(args: argparse.Namespace, config: Path | None) -> int:
+    """``token-sidecar injector``: its own config schema and wiring (sidecar.injector)."""
+    import asyncio  # noqa: PLC0415
+
+    from sidecar.errors import ConfigError  # noqa: PLC0415
+    from sidecar.injector.app import Flags, Injector, load_config  # noqa: PLC0415
+    from sidecar.logs import configure_logging  # noqa: PLC0415
+
+    flags = Flags(args.listen, args.tls_cert_file, args.tls_key_file, args.health_address)
+    try:
+        settings = load_config(config, flags)
+        configure_logging(settings.log.level, settings.log.format)
+        injector = Injector(settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(injector.run())
 
 
 @contextlib.contextmanager
