@@ -27,7 +27,7 @@ from sidecar.backoff import BackoffPolicy
 from sidecar.clock import SystemClock
 from sidecar.config import CoordinationConfig, CredentialConfig, RefreshConfig, Settings
 from sidecar.coordination import CoordinationPolicy
-from sidecar.errors import SidecarError
+from sidecar.errors import ConfigError, SidecarError
 from sidecar.metrics import Metrics
 from sidecar.ports import Clock, RefreshObserver
 from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy, client_credentials
@@ -79,9 +79,12 @@ def _read_private_key(credential: CredentialConfig) -> str | None:
     try:
         return credential.private_key_file.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SidecarError(
-            f"credentials.{credential.name}.private_key_file: cannot read "
-            f"{credential.private_key_file} ({getattr(exc, 'strerror', None) or 'not ASCII PEM'})"
+        reason = getattr(exc, "strerror", None) or "not ASCII PEM"
+        raise ConfigError(
+            [
+                f"credentials.{credential.name}.private_key_file: cannot read "
+                f"{credential.private_key_file} ({reason})"
+            ]
         ) from exc
 
 
@@ -94,7 +97,7 @@ class App:
         self.abandoned: list[str] = []
         self.board = StatusBoard()
         self.metrics = Metrics(
-            self.board, time=self.clock.time, ready_margin=settings.refresh.ready_margin_seconds
+            self.board, self.clock, ready_margin=settings.refresh.ready_margin_seconds
         )
         self.events: KubernetesEvents | None = None
         if settings.events.enabled:
@@ -113,6 +116,7 @@ class App:
             settings.vault,
             on_request=self.metrics.vault_request,
             on_lease=self.metrics.vault_token_lease,
+            clock=self.clock,
         )
         self.http: httpx.AsyncClient = make_http_client(
             settings.http.ca_cert,
@@ -130,9 +134,7 @@ class App:
         journal_dir = self.settings.journal.dir
         return Refresher(
             store=VaultSecretStore(self.vault, credential.kv_mount, credential.kv_path),
-            exchanger=TokenEndpoint(
-                credential, self.http, max_response_bytes=self.settings.http.max_response_bytes
-            ),
+            exchanger=self._endpoint(credential),
             sink=FileSink(
                 credential.output_dir, mode=credential.file_mode, group=credential.file_group
             ),
@@ -144,6 +146,14 @@ class App:
             policy=self.policy,
             observer=self.observer,
             journal=FileJournal(journal_dir, credential.name) if journal_dir else None,
+        )
+
+    def _endpoint(self, credential: CredentialConfig) -> TokenEndpoint:
+        return TokenEndpoint(
+            credential,
+            self.http,
+            clock=self.clock,
+            max_response_bytes=self.settings.http.max_response_bytes,
         )
 
     # -- run --------------------------------------------------------------------------
@@ -281,9 +291,7 @@ class App:
                 )
             except SidecarError as exc:
                 results.append(CheckResult(subject, ok=False, detail=exc.message))
-            endpoint = TokenEndpoint(
-                credential, self.http, max_response_bytes=self.settings.http.max_response_bytes
-            )
+            endpoint = self._endpoint(credential)
             target = credential.issuer or credential.token_endpoint
             try:
                 await endpoint.probe()

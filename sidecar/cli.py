@@ -139,12 +139,13 @@ def _collector_paused() -> Iterator[None]:
 
 
 async def _main(app_type: type[App], settings: Settings, command: str, out: TextIO) -> int:
-    from sidecar.errors import SidecarError  # noqa: PLC0415
+    from sidecar.errors import ConfigError  # noqa: PLC0415
 
     try:
         app = app_type(settings)
-    except SidecarError as exc:
-        print(f"config error: {exc.message}", file=sys.stderr)
+    except ConfigError as exc:  # files the settings name (CA bundles, keys), the environment
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     if command == "run":
         return await app.run()

@@ -10,10 +10,12 @@ boundary with ``raise ... from exc``; the core decides what to do from the class
     ├── RetryableError               transient; back off (honouring retry_after) and try again
     │   ├── VaultUnavailable         connection refused/reset, timeout, 5xx, 429, sealed
     │   ├── CasConflict              KV check-and-set lost to another writer; re-read
+    │   ├── ClaimExpired             this replica's claim ran out before it could exchange
     │   ├── TokenEndpointUnavailable connection refused, timeout, 5xx, 429,
     │   │   │                        temporarily_unavailable, server_error
     │   │   └── ResponseLost         request sent, answer lost: the server may have rotated
     │   ├── MalformedResponse        the token endpoint answered something that is not RFC 6749
+    │   │                            (``salvaged_refresh_token``: a rotated token it still held)
     │   └── SinkError                the token file could not be written (disk full, read-only)
     └── FinalError                   retrying the same input cannot help; wait for a change
         ├── InvalidGrant             refresh token rejected (invalid_grant): never present it again
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 __all__ = [
     "CasConflict",
+    "ClaimExpired",
     "ClientRejected",
     "ConfigError",
     "FinalError",
@@ -85,6 +88,16 @@ class CasConflict(RetryableError):
     kind = "cas_conflict"
 
 
+class ClaimExpired(RetryableError):
+    """The claim on a shared secret has less time left than one exchange could take.
+
+    The refresh token is not presented (another replica may claim the secret once this one
+    runs out); the loop reads the secret again after a backoff. Not a Vault fault.
+    """
+
+    kind = "claim_expired"
+
+
 class TokenEndpointUnavailable(RetryableError):
     kind = "endpoint_unavailable"
 
@@ -100,7 +113,24 @@ class ResponseLost(TokenEndpointUnavailable):
 
 
 class MalformedResponse(RetryableError):
+    """A 2xx answer that is not a usable RFC 6749 token response (or one over the size bound).
+
+    ``salvaged_refresh_token`` is the complete rotated refresh token the answer still carried,
+    if any: the server has probably rotated, so the caller persists it (R2). It is never part
+    of the message or the ``repr``.
+    """
+
     kind = "malformed_response"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        salvaged_refresh_token: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.salvaged_refresh_token = salvaged_refresh_token
 
 
 class SinkError(RetryableError):
@@ -116,7 +146,9 @@ class InvalidGrant(FinalError):
 
 
 class ResponseLostTwice(FinalError):
-    kind = "response_lost"
+    """The one retry R1 allows lost its answer too: the refresh token may be spent."""
+
+    kind = "response_lost_twice"
 
 
 class ClientRejected(FinalError):

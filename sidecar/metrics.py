@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time as _time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -48,6 +47,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from sidecar import __version__
+from sidecar.ports import Clock
 from sidecar.status import CredentialStatus, Phase, StatusBoard
 
 __all__ = ["DURATION_BUCKETS", "PREFIX", "VAULT_OPERATIONS", "Metrics"]
@@ -187,7 +187,7 @@ class _VaultTokenCollector:
 class Metrics:
     """Every metric the sidecar exposes, in a registry of its own (never the global one).
 
-    ``time`` is the wall clock (``Clock.time``). For every credential on the board, the
+    ``clock`` gives the wall time of scrapes and successes. For every credential on the board, the
     ``success`` and duration series exist at zero from the first scrape on, so that ``rate()``
     and absence alerts work before anything happened; credentials added to the board after
     construction get theirs at the next :meth:`render`. ``ready_margin`` should be the one
@@ -200,13 +200,13 @@ class Metrics:
     def __init__(
         self,
         board: StatusBoard,
-        time: Callable[[], float] = _time.time,
+        clock: Clock,
         *,
-        ready_margin: float = 5.0,
+        ready_margin: float,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._time = time
+        self._time = clock.time
         self._refreshes = Counter(
             PREFIX + "refresh",
             "Refresh attempts by outcome: success or the error kind.",
@@ -247,7 +247,7 @@ class Metrics:
             registry=self.registry,
         )
         build_info.labels(__version__).set(1)
-        self.registry.register(_StatusCollector(board, time, ready_margin))
+        self.registry.register(_StatusCollector(board, clock.time, ready_margin))
         self._board = board
         self._initialised: set[str] = set()
         self._lock = threading.Lock()

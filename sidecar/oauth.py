@@ -22,11 +22,10 @@ Answers:
 
 - 2xx: an RFC 6749 §5.1 JSON object, else :class:`MalformedResponse` naming the field. If that
   malformed body still carries a valid new ``refresh_token``, the server has probably rotated;
-  the raised error keeps it and :func:`refresh_token_from_error` hands it to the caller so it
-  can be persisted (R2). :func:`salvage_refresh_token` does the same from a raw body, also
-  from a body that was cut off or is not valid JSON, provided it holds one complete
-  ``"refresh_token": "..."`` member (the closing quote proves the value whole);
-  :func:`keep_salvaged_refresh_token` attaches it to an error the adapter raises itself.
+  the raised error keeps it as ``salvaged_refresh_token`` so the caller can persist it (R2).
+  :func:`salvage_refresh_token` finds it in a raw body, also in one that was cut off or is
+  not valid JSON, provided it holds one complete ``"refresh_token": "..."`` member (the
+  closing quote proves the value whole).
   Field rules: ``access_token`` and ``refresh_token`` are 1*VSCHAR (RFC 6749 Appendix A);
   ``token_type`` is any non-empty string, with ``bearer``/``dpop`` normalised in case;
   ``expires_in`` is a JSON number or numeric string, zero and negatives kept as given (the
@@ -56,7 +55,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
@@ -67,6 +65,7 @@ from sidecar.errors import (
     TokenEndpointUnavailable,
 )
 from sidecar.model import ClientCredentials, TokenGrant
+from sidecar.retry_after import parse_retry_after
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -74,11 +73,8 @@ __all__ = [
     "TokenRequest",
     "build_refresh_request",
     "json_object",
-    "keep_salvaged_refresh_token",
     "parse_error_body",
-    "parse_retry_after",
     "parse_token_response",
-    "refresh_token_from_error",
     "salvage_refresh_token",
 ]
 
@@ -107,9 +103,7 @@ KNOWN_ERRORS = RETRYABLE_ERRORS | CLIENT_ERRORS | {"invalid_grant"}
 # also keeps control characters out of the token file and the app's Authorization header.
 _VSCHAR = re.compile(r"[\x20-\x7e]+")
 _NUMBER = re.compile(r"\s*-?[0-9]+(?:\.[0-9]+)?\s*")
-_DELTA_SECONDS = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 _TOKEN_TYPES = {"bearer": "Bearer", "dpop": "DPoP"}
-_SALVAGE_ATTRIBUTE = "_salvaged_refresh_token"
 # One complete JSON string member named refresh_token, in text that may not parse as a whole.
 # A quote that is part of an escape (\") never ends the match, so the value is whole.
 _REFRESH_MEMBER = re.compile(rb'"refresh_token"\s*:\s*"((?:[^"\\\x00-\x1f]|\\.)*)"')
@@ -308,28 +302,6 @@ def _salvage_from_text(body: bytes) -> str | None:
     return value if isinstance(value, str) and _VSCHAR.fullmatch(value) else None
 
 
-def keep_salvaged_refresh_token(error: BaseException, body: bytes) -> str | None:
-    """Attach the refresh token salvaged from ``body`` to ``error``; return it (or ``None``).
-
-    :func:`refresh_token_from_error` reads it back. For adapters that raise a
-    :class:`MalformedResponse` themselves, such as for an answer cut off mid-body.
-    """
-    salvaged = salvage_refresh_token(body)
-    setattr(error, _SALVAGE_ATTRIBUTE, salvaged)
-    return salvaged
-
-
-def refresh_token_from_error(error: BaseException) -> str | None:
-    """The rotated refresh token that a malformed 2xx answer carried, if any.
-
-    :func:`parse_token_response` attaches it to the :class:`MalformedResponse` it raises, so a
-    caller that only sees the exception can still persist it. The attribute is not part of the
-    error's message or ``repr``.
-    """
-    value = getattr(error, _SALVAGE_ATTRIBUTE, None)
-    return value if isinstance(value, str) else None
-
-
 @dataclass(frozen=True, slots=True)
 class OAuthErrorBody:
     """What may be said about an RFC 6749 §5.2 error body without echoing it."""
@@ -361,30 +333,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == lowered), None)
 
 
-def parse_retry_after(value: str | None, now: float | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (RFC 9110 §10.2.3), ``None`` if unusable.
-
-    Accepts delta-seconds and HTTP-dates (the latter only with ``now``, wall-clock seconds).
-    Past dates and negative numbers give 0; capping is the caller's business.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        seconds = float(value)
-    elif now is None:
-        return None
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-            seconds = when.timestamp() - now
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return max(seconds, 0.0)
-
-
 def parse_token_response(
     status: int,
     headers: Mapping[str, str],
@@ -401,8 +349,9 @@ def parse_token_response(
         try:
             return _parse_grant(status, body)
         except MalformedResponse as exc:
-            keep_salvaged_refresh_token(exc, body)
-            raise
+            raise MalformedResponse(
+                exc.message, salvaged_refresh_token=salvage_refresh_token(body)
+            ) from None
     where = f"HTTP {status}"
     if 300 <= status < 400:
         raise ClientRejected(

@@ -51,8 +51,10 @@ from sidecar.coordination import (
 )
 from sidecar.errors import (
     CasConflict,
+    ClaimExpired,
     FinalError,
     InvalidGrant,
+    MalformedResponse,
     ResponseLost,
     ResponseLostTwice,
     RetryableError,
@@ -69,7 +71,6 @@ from sidecar.model import (
     StoredSecret,
     TokenGrant,
 )
-from sidecar.oauth import refresh_token_from_error
 from sidecar.ports import (
     Clock,
     Journal,
@@ -442,7 +443,7 @@ class Refresher:
         exc: SidecarError,
         started_wall: float,
     ) -> None:
-        salvaged = refresh_token_from_error(exc)
+        salvaged = exc.salvaged_refresh_token if isinstance(exc, MalformedResponse) else None
         if salvaged is not None and salvaged != token:
             # The server rotated but its answer is unusable: keep the new token (R2).
             self._redactor.add(salvaged)
@@ -552,7 +553,7 @@ class Refresher:
             return
         left = claim_deadline - self._clock.monotonic()
         if left < self._policy.exchange_timeout:
-            raise VaultUnavailable(
+            raise ClaimExpired(
                 f"the claim on the secret has {max(left, 0):.1f}s left, less than one request "
                 "timeout; not presenting the refresh token"
             )

@@ -33,17 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import ssl
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import structlog
 
-from sidecar import __version__
+from sidecar.adapters.httpkit import USER_AGENT, BodyTooLarge, Progress, fetch, tls_problem
 from sidecar.config import CredentialConfig
 from sidecar.discovery import DiscoveryInfo, discovery_urls, parse_discovery
 from sidecar.errors import (
@@ -56,20 +54,18 @@ from sidecar.errors import (
 from sidecar.model import ClientCredentials, TokenGrant
 from sidecar.oauth import (
     build_refresh_request,
-    keep_salvaged_refresh_token,
     parse_error_body,
-    parse_retry_after,
     parse_token_response,
-    refresh_token_from_error,
+    salvage_refresh_token,
 )
+from sidecar.ports import Clock
 from sidecar.redact import REDACTOR, Redactor
+from sidecar.retry_after import parse_retry_after
 from sidecar.tls import client_context
 
 __all__ = ["USER_AGENT", "TokenEndpoint", "make_http_client"]
 
-log = structlog.get_logger("sidecar.exchange")
-
-USER_AGENT = f"token-sidecar/{__version__}"
+log = structlog.get_logger("sidecar.adapters.exchange")
 
 
 def make_http_client(
@@ -101,14 +97,6 @@ class _Answer:
     body: bytes
 
 
-@dataclass(slots=True)
-class _Progress:
-    """How far a request got: the status once headers arrived, the body bytes read so far."""
-
-    status: int | None = None
-    body: bytearray = field(default_factory=bytearray)
-
-
 def _endpoint_name(url: str) -> str:
     """``host[:port]`` for messages: never the path, query or user info."""
     parts = urlsplit(url)
@@ -118,26 +106,12 @@ def _endpoint_name(url: str) -> str:
     return f"{host}:{parts.port}" if parts.port else host
 
 
-def _tls_problem(exc: BaseException) -> str | None:
-    """The TLS failure somewhere in ``exc``'s chain, described, or ``None``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return f"TLS verification failed: {current.verify_message or 'certificate rejected'}"
-        if isinstance(current, ssl.SSLError):
-            return f"TLS handshake failed: {current.reason or 'unknown reason'}"
-        current = current.__cause__ or current.__context__
-    return None
-
-
 def _translate(exc: Exception, *, url: str, what: str, exchange: bool) -> SidecarError:
     """A project error for a transport failure; ``exchange`` marks a token-spending request."""
     where = f"{what} {_endpoint_name(url)}"
     kind = exc.__class__.__name__
     if isinstance(exc, httpx.ConnectError):
-        tls = _tls_problem(exc)
+        tls = tls_problem(exc)
         detail = (
             f"{tls}; retrying with backoff, since a renewed server certificate or a corrected "
             "http.ca_cert fixes this without a restart"
@@ -169,8 +143,8 @@ class TokenEndpoint:
         credential: CredentialConfig,
         http: httpx.AsyncClient,
         *,
-        max_response_bytes: int = 1_048_576,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock,
+        max_response_bytes: int,
         redactor: Redactor = REDACTOR,
     ) -> None:
         self._credential = credential
@@ -178,7 +152,7 @@ class TokenEndpoint:
         self._assertion: str | None = None
         self._http = http
         self._max_bytes = max_response_bytes
-        self._time = wall_clock
+        self._clock = clock
         phases = (http.timeout.connect, http.timeout.read, http.timeout.write, http.timeout.pool)
         self._request_timeout = max((t for t in phases if t is not None), default=None)
         self._discovery: DiscoveryInfo | None = None
@@ -186,6 +160,9 @@ class TokenEndpoint:
         self._log = log.bind(credential=credential.name)
 
     # -- TokenExchanger ---------------------------------------------------------------
+
+    def _time(self) -> float:
+        return self._clock.time()
 
     async def refresh(self, refresh_token: str, client: ClientCredentials) -> TokenGrant:
         url = await self.token_endpoint()
@@ -221,17 +198,18 @@ class TokenEndpoint:
             audience=self._credential.audience,
             client_assertion=assertion,
         )
-        started = time.monotonic()
+        started = self._clock.monotonic()
         try:
             answer = await self._request(
                 "POST", url, headers=request.headers, content=request.body(), exchange=True
             )
         except SidecarError as exc:
-            self._redactor.add(refresh_token_from_error(exc))
+            if isinstance(exc, MalformedResponse):
+                self._redactor.add(exc.salvaged_refresh_token)
             self._log.debug(
                 "token.exchange",
                 error=exc.kind,
-                duration_seconds=round(time.monotonic() - started, 4),
+                duration_seconds=round(self._clock.monotonic() - started, 4),
             )
             raise
         fields: dict[str, object] = {}
@@ -244,7 +222,7 @@ class TokenEndpoint:
         self._log.debug(
             "token.exchange",
             status=answer.status,
-            duration_seconds=round(time.monotonic() - started, 4),
+            duration_seconds=round(self._clock.monotonic() - started, 4),
             response_bytes=len(answer.body),
             **fields,
         )
@@ -253,7 +231,7 @@ class TokenEndpoint:
                 answer.status, answer.headers, answer.body, now=self._time()
             )
         except MalformedResponse as exc:
-            self._redactor.add(refresh_token_from_error(exc))
+            self._redactor.add(exc.salvaged_refresh_token)
             raise
         except ClientRejected:
             if self._credential.issuer and (300 <= answer.status < 400 or answer.status == 404):
@@ -304,13 +282,13 @@ class TokenEndpoint:
         rejected: ClientRejected | None = None
         for url in discovery_urls(issuer):
             path = urlsplit(url).path
-            started = time.monotonic()
+            started = self._clock.monotonic()
             answer = await self._request("GET", url, exchange=False, what="discovery document")
             self._log.debug(
                 "token.discovery",
                 path=path,
                 status=answer.status,
-                duration_seconds=round(time.monotonic() - started, 4),
+                duration_seconds=round(self._clock.monotonic() - started, 4),
             )
             if answer.status in (408, 429) or 500 <= answer.status < 600:
                 raise TokenEndpointUnavailable(
@@ -350,50 +328,43 @@ class TokenEndpoint:
         read_body: bool = True,
     ) -> _Answer:
         request_headers = {"Accept": "application/json", **(headers or {})}
-        progress = _Progress()
+        progress = Progress()
         try:
-            async with (
-                asyncio.timeout(self._request_timeout),
-                self._http.stream(
-                    method, url, headers=request_headers, content=content, follow_redirects=False
-                ) as response,
-            ):
-                progress.status = response.status_code
-                body = await self._read(response, what, progress.body) if read_body else b""
-                return _Answer(response.status_code, response.headers, body)
+            request = self._http.build_request(
+                method, url, headers=request_headers, content=content
+            )
+            response = await fetch(
+                self._http,
+                request,
+                deadline=self._request_timeout,
+                limit=self._max_bytes,
+                progress=progress,
+                read_body=read_body,
+            )
+        except BodyTooLarge:
+            raise MalformedResponse(
+                f"{what}: response larger than {self._max_bytes} bytes"
+            ) from None
         except TimeoutError as exc:  # the overall deadline, not one of httpx's phase timeouts
             raise self._failure(exc, url, what, exchange, progress) from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._failure(exc, url, what, exchange, progress) from exc
+        return _Answer(response.status_code, response.headers, bytes(progress.body))
 
     @staticmethod
     def _failure(
-        exc: Exception, url: str, what: str, exchange: bool, progress: _Progress
+        exc: Exception, url: str, what: str, exchange: bool, progress: Progress
     ) -> SidecarError:
         error = _translate(exc, url=url, what=what, exchange=exchange)
         status = progress.status
         if not (isinstance(error, ResponseLost) and status is not None and 200 <= status < 300):
             return error
-        cut = MalformedResponse(
+        salvaged = salvage_refresh_token(bytes(progress.body))
+        if salvaged is None:
+            return error
+        return MalformedResponse(
             f"{what} {_endpoint_name(url)}: the answer (HTTP {status}) was cut off after "
             f"{len(progress.body)} bytes ({exc.__class__.__name__}); it carried a rotated "
-            "refresh token, which is kept instead of retrying the spent one"
+            "refresh token, which is kept instead of retrying the spent one",
+            salvaged_refresh_token=salvaged,
         )
-        if keep_salvaged_refresh_token(cut, bytes(progress.body)) is None:
-            return error
-        return cut
-
-    async def _read(self, response: httpx.Response, what: str, body: bytearray) -> bytes:
-        """Read the body into ``body`` (so the caller sees what arrived if reading fails)."""
-        limit = self._max_bytes
-        declared = response.headers.get("Content-Length", "")
-        oversized = declared.isdigit() and int(declared) > limit
-        if not oversized:
-            async for chunk in response.aiter_bytes():  # decoded: a compressed bomb counts too
-                body += chunk
-                if len(body) > limit:
-                    oversized = True
-                    break
-        if oversized:
-            raise MalformedResponse(f"{what}: response larger than {limit} bytes")
-        return bytes(body)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from sidecar.adapters.exchange import TokenEndpoint
+from sidecar.clock import SystemClock
 from sidecar.config import CredentialConfig
 from sidecar.errors import (
     ClientRejected,
@@ -31,7 +32,7 @@ from sidecar.errors import (
 )
 from sidecar.logs import configure_logging, log_uncaught
 from sidecar.model import ClientCredentials
-from sidecar.oauth import parse_token_response, refresh_token_from_error, salvage_refresh_token
+from sidecar.oauth import parse_token_response, salvage_refresh_token
 from sidecar.redact import Redactor
 from tests.support.logstate import logging_restored
 
@@ -65,7 +66,11 @@ def exchange(handler: Any, redactor: Redactor | None = None, timeout: float = 5.
         )
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler), timeout=timeout) as h:
             endpoint = TokenEndpoint(
-                credential, h, redactor=redactor if redactor is not None else Redactor()
+                credential,
+                h,
+                clock=SystemClock(),
+                max_response_bytes=1 << 20,
+                redactor=redactor if redactor is not None else Redactor(),
             )
             return await endpoint.refresh("CANARY-RT-presented-01", CLIENT)
 
@@ -91,7 +96,7 @@ def test_an_answer_cut_off_after_the_rotated_token_keeps_it() -> None:
     end = body.index(ROTATED.encode()) + len(ROTATED) + 1
     with pytest.raises(MalformedResponse) as caught:
         exchange(cut_after(end))
-    assert refresh_token_from_error(caught.value) == ROTATED
+    assert caught.value.salvaged_refresh_token == ROTATED
     assert caught.value.message == (
         f"token endpoint as.example: the answer (HTTP 200) was cut off after {end} bytes "
         "(RemoteProtocolError); it carried a rotated refresh token, which is kept instead of "
@@ -114,7 +119,7 @@ def test_a_read_timeout_mid_body_keeps_a_whole_token_too() -> None:
     handler = cut_after(end, httpx.ReadTimeout("timed out"))
     with pytest.raises(MalformedResponse) as caught:
         exchange(handler)
-    assert refresh_token_from_error(caught.value) == ROTATED
+    assert caught.value.salvaged_refresh_token == ROTATED
 
 
 def test_an_error_answer_cut_off_is_still_lost_not_salvaged() -> None:
@@ -184,8 +189,8 @@ def test_every_rfc6749_error_code(
     [
         ("120", 120.0),
         ("0", 0.0),
-        ("-5", 0.0),
-        ("2.5", 2.5),
+        ("-5", None),  # RFC 9110 delta-seconds are digits only
+        ("2.5", None),
         ("Thu, 01 Jan 2026 00:01:00 GMT", 60.0),
         ("Wed, 31 Dec 2025 23:00:00 GMT", 0.0),  # in the past
         ("soon", None),

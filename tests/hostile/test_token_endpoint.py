@@ -357,18 +357,18 @@ def test_a_slow_drip_is_bounded_by_the_overall_timeout(sidecar: Sidecar) -> None
     sidecar.start()
     health = sidecar.wait_state("rejected", timeout=10)
     assert time.monotonic() - started < 6  # two attempts of one second, plus start-up
-    assert health["last_error"] == "response_lost"
+    assert health["last_error"] == "response_lost_twice"
     assert failures(sidecar) == [
         (
             "token.refresh_failed",
-            "response_lost",
+            "response_lost_twice",
             "the token endpoint's answer was lost twice; the refresh token may be spent and "
             "will not be presented again until Vault holds a new one",
         )
     ]
     time.sleep(2)  # four secret polls: the possibly spent token is not presented again
     assert len(sidecar.route.requests("/token")) == 2
-    assert sidecar.refreshes("response_lost") == 1
+    assert sidecar.refreshes("response_lost_twice") == 1
     assert not (sidecar.dep.output_dir / "access_token").exists()
     assert sidecar.get("/readyz").status_code == 503
     data, _ = sidecar.vault()

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from sidecar.adapters.exchange import TokenEndpoint, make_http_client
+from sidecar.clock import SystemClock
 from sidecar.config import CredentialConfig
 from sidecar.errors import (
     ClientRejected,
@@ -49,7 +50,13 @@ def with_endpoint(
 ) -> T:
     async def main() -> T:
         async with make_http_client(None, timeout) as http:
-            return await use(TokenEndpoint(credential(idp, discovery=discovery), http))
+            endpoint = TokenEndpoint(
+                credential(idp, discovery=discovery),
+                http,
+                clock=SystemClock(),
+                max_response_bytes=1 << 20,
+            )
+            return await use(endpoint)
 
     return asyncio.run(main())
 
@@ -111,7 +118,9 @@ def test_probe_of_a_closed_port_fails() -> None:
 
     async def main() -> None:
         async with make_http_client(None, 2.0) as http:
-            await TokenEndpoint(config, http).probe()
+            await TokenEndpoint(
+                config, http, clock=SystemClock(), max_response_bytes=1 << 20
+            ).probe()
 
     with pytest.raises(TokenEndpointUnavailable, match="cannot connect"):
         asyncio.run(main())

@@ -8,7 +8,7 @@ JWT signed with that key (see tests/support/openbao.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from sidecar.adapters.vault import VaultSecretStore, VaultSession
+from sidecar.clock import SystemClock
 from sidecar.config import VaultAuthConfig, VaultConfig
 from sidecar.errors import (
     CasConflict,
@@ -26,6 +27,8 @@ from sidecar.errors import (
     VaultPermissionDenied,
     VaultUnavailable,
 )
+from sidecar.ports import Clock
+from tests.support.clock import VirtualClock
 from tests.support.loop import PerTestLoop
 from tests.support.openbao import OpenBaoServer
 
@@ -39,16 +42,6 @@ SEED = {
     "client_secret": "cs-seed",
     "note": "kept across write-backs",
 }
-
-
-class FakeClock:
-    """Monotonic time the test moves by hand; the server keeps real time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -68,7 +61,7 @@ class Pod:
         self,
         auth: VaultAuthConfig | None = None,
         *,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         environ: dict[str, str] | None = None,
         **vault: Any,
     ) -> Iterator[tuple[VaultSession, VaultSecretStore]]:
@@ -76,7 +69,7 @@ class Pod:
             self.config(auth, **vault),
             on_request=lambda op, outcome: self.events.append((op, outcome)),
             environ=environ or {},
-            monotonic=monotonic,
+            clock=clock or SystemClock(),
         )
         try:
             yield session, VaultSecretStore(session, "secret", KV_PATH)
@@ -311,12 +304,12 @@ def test_stopped_vault_is_unavailable(pod: Pod) -> None:
 
 
 def test_token_is_renewed_at_two_thirds_of_its_ttl(pod: Pod) -> None:
-    clock = FakeClock()
-    with pod.session(monotonic=clock) as (_, store):
+    clock = VirtualClock()
+    with pod.session(clock=clock) as (_, store):
         run(store.read())
-        clock.now += 401  # the role grants 600 s
+        clock.advance(401)  # the role grants 600 s
         run(store.read())
-        clock.now += 399
+        clock.advance(399)
         run(store.read())
     assert pod.events == [
         ("login", "success"),
@@ -329,10 +322,10 @@ def test_token_is_renewed_at_two_thirds_of_its_ttl(pod: Pod) -> None:
 
 def test_non_renewable_token_is_replaced_by_a_fresh_login(pod: Pod) -> None:
     pod.bao.create_role("app", ["app"], token_type="batch")
-    clock = FakeClock()
-    with pod.session(monotonic=clock) as (_, store):
+    clock = VirtualClock()
+    with pod.session(clock=clock) as (_, store):
         run(store.read())
-        clock.now += 401
+        clock.advance(401)
         run(store.read())
     assert pod.events == [
         ("login", "success"),
@@ -366,8 +359,8 @@ def test_short_ttl_token_in_real_time(pod: Pod) -> None:
     assert ("renew", "success") in pod.events
     pod.events.clear()
     pod.bao.create_role("app", ["app"], token_ttl=1)
-    frozen = FakeClock()  # the session never sees the TTL pass; the server does
-    with pod.session(monotonic=frozen) as (_, store):
+    frozen = VirtualClock()  # the session never sees the TTL pass; the server does
+    with pod.session(clock=frozen) as (_, store):
         run(store.read())
         time.sleep(1.2)
         assert run(store.read()).version == 1

@@ -27,6 +27,7 @@ from tests.observability.prometheus import (
     runnable_query,
     shorten_for,
 )
+from tests.support.clock import VirtualClock
 
 REQUIRED_ALERTS = {
     "TokenSidecarRefreshFailing",
@@ -68,7 +69,7 @@ def busy_metrics() -> Metrics:
     status.last_attempt_at = 100.0
     status.refresh_token_obtained_at, status.refresh_token_expires_at = 100.0, 9000.0
     status.secret_version = 3
-    metrics = Metrics(board, lambda: 200.0)
+    metrics = Metrics(board, VirtualClock(start=200.0), ready_margin=5.0)
     metrics.refresh_finished("billing", "invalid_grant", 0.01)
     metrics.vault_request("login", "success")
     metrics.vault_token_lease(5000.0)

@@ -7,7 +7,6 @@ Every fake appends to a shared ``events`` list so tests can assert the order of 
 from __future__ import annotations
 
 import asyncio
-import heapq
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -16,48 +15,6 @@ from sidecar.errors import CasConflict, SidecarError, VaultUnavailable
 from sidecar.model import ClientCredentials, JournalEntry, PublishedToken, StoredSecret, TokenGrant
 
 T = TypeVar("T")
-
-
-class FakeClock:
-    """Time moves only when a loop waits; waiting jumps straight to the deadline."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.mono = 1000.0
-        self.wall_offset = start - self.mono
-        self.stop_at = float("inf")
-        self.stop_event: asyncio.Event | None = None
-        self.waits = 0
-
-    def stop_after(self, seconds: float, stop: asyncio.Event) -> None:
-        """Set ``stop`` once simulated time reaches ``seconds`` from now."""
-        self.stop_at = self.mono + seconds
-        self.stop_event = stop
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return self.mono + self.wall_offset
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        self.waits += 1
-        if self.waits > 100_000:
-            raise AssertionError("the loop keeps waiting: a hot loop or a missing stop")
-        if event.is_set():
-            return True
-        target = self.mono + max(timeout, 0.0)
-        if self.stop_event is not None and target >= self.stop_at:
-            self.mono = max(self.mono, self.stop_at)
-            self.stop_event.set()
-            if event is not self.stop_event:
-                self.mono = target
-        else:
-            self.mono = target
-        await asyncio.sleep(0)
-        return event.is_set()
 
 
 @dataclass
@@ -191,63 +148,6 @@ class FakeJournal:
         if self.entry is not None:
             self.events.add("journal_clear")
         self.entry = None
-
-
-class VirtualClock:
-    """Shared virtual time for several loops in one event loop.
-
-    Each ``wait`` parks its caller; :meth:`run` lets every runnable task run, then wakes the
-    earliest sleeper and moves time to its deadline. A stop event set at ``until`` ends it.
-    """
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.mono = 1000.0
-        self.wall_offset = start - self.mono
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = 0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return self.mono + self.wall_offset
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        if event.is_set():
-            return True
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._seq += 1
-        heapq.heappush(self._sleepers, (self.mono + max(timeout, 0.0), self._seq, future))
-        waiter = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait([future, waiter], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not future.done():
-                future.cancel()
-        return event.is_set()
-
-    async def run(self, until: float, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
-        deadline = self.mono + until
-        for _ in range(1_000_000):
-            for _ in range(30):
-                await asyncio.sleep(0)
-            if all(t.done() for t in tasks):
-                return
-            while self._sleepers and self._sleepers[0][2].done():
-                heapq.heappop(self._sleepers)
-            if not self._sleepers or self._sleepers[0][0] >= deadline:
-                self.mono = max(self.mono, deadline)
-                stop.set()
-                if not self._sleepers:
-                    continue
-            when, _, future = heapq.heappop(self._sleepers)
-            self.mono = max(self.mono, when)
-            future.set_result(None)
-        raise AssertionError("virtual time did not finish: a hot loop?")
 
 
 def run_without_leaks(coro: Coroutine[Any, Any, T]) -> T:

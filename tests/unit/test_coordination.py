@@ -17,12 +17,12 @@ from sidecar.coordination import (
 from sidecar.refresher import ClientTemplate, Refresher
 from sidecar.status import CredentialStatus, Phase
 from tests.support import policies
+from tests.support.clock import VirtualClock
 from tests.unit.fakes import (
     Events,
     FakeExchanger,
     FakeSink,
     FakeStore,
-    VirtualClock,
     run_without_leaks,
 )
 
@@ -185,7 +185,7 @@ def test_a_replica_stalled_past_its_claim_never_presents_the_token() -> None:
     run_without_leaks(main())
     assert exchanger.presented == []
     assert status.phase is Phase.STOPPED
-    assert status.last_error == "vault_unavailable"
+    assert status.last_error == "claim_expired"
 
 
 def test_refresh_token_facts_follow_the_token() -> None:

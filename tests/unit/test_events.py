@@ -151,7 +151,7 @@ def make(url: str, **kwargs: Any) -> tuple[KubernetesEvents, Results]:
     [
         ("valid", "rejected", "invalid_grant", ("Warning", "RefreshTokenRejected")),
         ("starting", "rejected", "invalid_grant", ("Warning", "RefreshTokenRejected")),
-        ("retrying", "rejected", "response_lost", ("Warning", "RefreshTokenRejected")),
+        ("retrying", "rejected", "response_lost_twice", ("Warning", "RefreshTokenRejected")),
         ("valid", "failed", "client_rejected", ("Warning", "RefreshFailed")),
         ("starting", "failed", "vault_forbidden", ("Warning", "RefreshFailed")),
         ("rejected", "valid", None, ("Normal", "TokenRecovered")),

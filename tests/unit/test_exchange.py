@@ -34,6 +34,7 @@ from sidecar.errors import (
     TokenEndpointUnavailable,
 )
 from sidecar.model import ClientCredentials
+from tests.support.clock import VirtualClock
 from tests.support.rawserver import TlsMaterial
 
 TOKEN_URL = "https://as.example/oauth/token"
@@ -74,7 +75,7 @@ def endpoint(
         headers={"User-Agent": USER_AGENT},
     )
     return TokenEndpoint(
-        credential(**config), http, max_response_bytes=max_bytes, wall_clock=lambda: NOW
+        credential(**config), http, clock=VirtualClock(start=NOW), max_response_bytes=max_bytes
     )
 
 
@@ -308,12 +309,10 @@ def test_undecodable_body_is_malformed() -> None:
 
 
 def test_malformed_answer_keeps_the_rotated_refresh_token() -> None:
-    from sidecar.oauth import refresh_token_from_error  # noqa: PLC0415
-
     answer = httpx.Response(200, json={"token_type": "Bearer", "refresh_token": "rt-rotated-01"})
     with pytest.raises(MalformedResponse) as caught:
         refresh(endpoint(Recorder(answer)))
-    assert refresh_token_from_error(caught.value) == "rt-rotated-01"
+    assert caught.value.salvaged_refresh_token == "rt-rotated-01"
 
 
 # -- transport failures ----------------------------------------------------------------------
@@ -633,7 +632,10 @@ def tls_refresh(tls: TlsMaterial, ca_cert: Path | None) -> Any:
         try:
             async with make_http_client(ca_cert, 5.0) as http:
                 ep = TokenEndpoint(
-                    credential(token_endpoint=f"https://127.0.0.1:{port}/token"), http
+                    credential(token_endpoint=f"https://127.0.0.1:{port}/token"),
+                    http,
+                    clock=VirtualClock(),
+                    max_response_bytes=1 << 20,
                 )
                 return await ep.refresh(REFRESH, basic_client())
         finally:

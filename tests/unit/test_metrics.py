@@ -9,18 +9,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar import __version__
 from sidecar.metrics import Metrics
 from sidecar.status import Phase, StatusBoard
+from tests.support.clock import VirtualClock
 
 NOW = 1_800_000_000.0
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-class Wall:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
 
 
 def scrape(metrics: Metrics) -> Samples:
@@ -41,12 +34,12 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get(("token_sidecar_" + name, tuple(sorted(labels.items()))))
 
 
-def make() -> tuple[StatusBoard, Wall, Metrics]:
+def make() -> tuple[StatusBoard, VirtualClock, Metrics]:
     board = StatusBoard()
     board.add("app")
     board.add("batch", required=False)
-    wall = Wall()
-    return board, wall, Metrics(board, wall.time, ready_margin=5.0)
+    wall = VirtualClock(start=NOW)
+    return board, wall, Metrics(board, wall, ready_margin=5.0)
 
 
 def test_series_exist_before_anything_happens() -> None:
@@ -68,7 +61,7 @@ def test_series_exist_before_anything_happens() -> None:
 
 def test_credentials_added_later_get_their_series() -> None:
     board = StatusBoard()
-    metrics = Metrics(board, Wall().time)
+    metrics = Metrics(board, VirtualClock(start=NOW), ready_margin=5.0)
     board.add("late")
     samples = scrape(metrics)
     assert value(samples, "refresh_total", credential="late", outcome="success") == 0
@@ -119,7 +112,7 @@ def test_gauges_follow_the_status_at_scrape_time() -> None:
     assert value(samples, "state", credential="app", state="valid") == 1
     assert value(samples, "state", credential="app", state="starting") == 0
 
-    wall.now = NOW + 297  # inside the ready margin
+    wall.advance(297)  # inside the ready margin
     app.phase = Phase.RETRYING
     app.consecutive_failures = 3
     app.writeback_pending = True
@@ -190,7 +183,7 @@ def test_token_ages_and_lifetimes_at_scrape_time() -> None:
     app.refresh_token_obtained_at = NOW - 100
     app.refresh_token_expires_at = NOW + 3600
     app.secret_version = 7
-    wall.now = NOW + 50
+    wall.advance(50)
     samples = scrape(metrics)
     assert value(samples, "access_token_issued_timestamp_seconds", credential="app") == NOW - 100
     assert value(samples, "last_refresh_attempt_timestamp_seconds", credential="app") == NOW - 100
@@ -211,7 +204,7 @@ def test_vault_login_state() -> None:
     assert value(samples, "vault_last_success_timestamp_seconds", operation="login") is None
 
     metrics.vault_request("login", "success")
-    wall.now = NOW + 10
+    wall.advance(10)
     metrics.vault_request("login", "vault_auth_failed")
     metrics.vault_request("read", "success")
     metrics.vault_request("something_new", "success")

@@ -20,9 +20,7 @@ from sidecar.oauth import (
     ASSERTION_TYPE,
     build_refresh_request,
     parse_error_body,
-    parse_retry_after,
     parse_token_response,
-    refresh_token_from_error,
     salvage_refresh_token,
 )
 
@@ -273,7 +271,7 @@ def test_a_rotated_refresh_token_in_a_malformed_answer_is_kept_for_the_caller() 
     body = b'{"access_token":"","token_type":"Bearer","refresh_token":"rt-new-canary-0001"}'
     with pytest.raises(MalformedResponse) as caught:
         parse_token_response(200, {}, body)
-    assert refresh_token_from_error(caught.value) == "rt-new-canary-0001"
+    assert caught.value.salvaged_refresh_token == "rt-new-canary-0001"
     assert "rt-new" not in str(caught.value)
     assert "rt-new" not in repr(caught.value)
     assert salvage_refresh_token(body) == "rt-new-canary-0001"
@@ -282,8 +280,7 @@ def test_a_rotated_refresh_token_in_a_malformed_answer_is_kept_for_the_caller() 
 def test_nothing_to_salvage() -> None:
     with pytest.raises(MalformedResponse) as caught:
         parse_token_response(200, {}, b"<html/>")
-    assert refresh_token_from_error(caught.value) is None
-    assert refresh_token_from_error(ValueError("x")) is None
+    assert caught.value.salvaged_refresh_token is None
     assert salvage_refresh_token(b'{"refresh_token":""}') is None
     assert salvage_refresh_token(b'{"refresh_token":"a\\u0000b"}') is None
     assert salvage_refresh_token(b"[1]") is None
@@ -398,36 +395,6 @@ def test_parse_error_body_knows_only_the_vocabulary() -> None:
     assert unknown.has_error
     assert unknown.description_length is None
     assert parse_error_body(b"garbage") == parse_error_body(b"{}")
-
-
-# -- parse_retry_after -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, None),
-        ("120", 120.0),
-        (" 5 ", 5.0),
-        ("0", 0.0),
-        ("-5", 0.0),
-        ("1.5", 1.5),
-        ("soon", None),
-        ("", None),
-        ("9" * 400, None),
-        (RFC9110_DATE, 30.0),
-        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
-        ("Wed, 21 Oct 2015 07:28:30", 60.0),  # no zone: taken as UTC
-        ("Mon, 99 Foo 2015 07:28:00 GMT", None),
-    ],
-)
-def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value, RFC9110_EPOCH - 30) == expected
-
-
-def test_parse_retry_after_ignores_dates_without_now() -> None:
-    assert parse_retry_after(RFC9110_DATE, None) is None
-    assert parse_retry_after("3", None) == 3.0
 
 
 # -- discovery -------------------------------------------------------------------------------

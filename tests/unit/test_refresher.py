@@ -19,9 +19,9 @@ from sidecar.model import JournalEntry
 from sidecar.refresher import ClientTemplate, Refresher
 from sidecar.status import CredentialStatus, Phase
 from tests.support import policies
+from tests.support.clock import VirtualClock
 from tests.unit.fakes import (
     Events,
-    FakeClock,
     FakeExchanger,
     FakeJournal,
     FakeSink,
@@ -29,11 +29,13 @@ from tests.unit.fakes import (
     run_without_leaks,
 )
 
+DAY = 86_400.0
+
 
 class Rig:
     def __init__(self, *, journal: bool = False, expires_in: float = 30.0) -> None:
         self.events = Events()
-        self.clock = FakeClock()
+        self.clock = VirtualClock()
         self.stop = asyncio.Event()
         self.store = FakeStore(self.events, client_id="demo", client_secret="s3cret-value")
         self.exchanger = FakeExchanger(self.events, expires_in=expires_in)
@@ -57,8 +59,10 @@ class Rig:
         )
 
     def run_for(self, seconds: float) -> None:
-        self.clock.stop_after(seconds, self.stop)
-        run_without_leaks(self.refresher.run())
+        run_without_leaks(self.clock.drive(self.refresher.run(), seconds, self.stop))
+
+    def once(self) -> None:
+        run_without_leaks(self.clock.drive(self.refresher.once(), DAY, self.stop))
 
     def exchanges(self) -> list[object]:
         return [d for k, d in self.events.log if k == "exchange"]
@@ -147,7 +151,7 @@ def test_twice_lost_response_never_presents_that_token_again() -> None:
     rig.exchanger.script = [ResponseLost("reset"), ResponseLost("reset")]
     rig.run_for(200)
     assert rig.exchanger.presented == ["rt-0000000001", "rt-0000000001"]
-    assert rig.status.last_error == "response_lost"
+    assert rig.status.last_error == "response_lost_twice"
 
 
 def test_operator_write_during_rotation_is_adopted_not_overwritten() -> None:
@@ -193,7 +197,7 @@ def test_stop_starts_no_exchange_but_finishes_the_write_back() -> None:
         rig.stop.set()
 
     rig.exchanger.script = [stop_now]
-    run_without_leaks(rig.refresher.run())
+    rig.run_for(DAY)
     assert rig.exchanger.presented == ["rt-0000000001"]
     assert rig.store.data["refresh_token"] == "rt-0000000002"
     assert rig.status.writeback_pending is False
@@ -225,16 +229,16 @@ def test_once_raises_the_failure() -> None:
     rig = Rig()
     rig.store.fail_reads = [SecretNotFound("secret/apps/demo: no secret")]
     with pytest.raises(SecretNotFound):
-        run_without_leaks(rig.refresher.once())
+        rig.once()
     rig2 = Rig()
     rig2.exchanger.valid = set()
     with pytest.raises(InvalidGrant):
-        run_without_leaks(rig2.refresher.once())
+        rig2.once()
 
 
 def test_once_refreshes_one_time() -> None:
     rig = Rig()
-    run_without_leaks(rig.refresher.once())
+    rig.once()
     assert len(rig.exchanger.presented) == 1
     assert len(rig.sink.published) == 1
 

@@ -15,21 +15,9 @@ from structlog.testing import capture_logs
 from sidecar.adapters.server import HealthServer
 from sidecar.metrics import Metrics
 from sidecar.status import Phase, StatusBoard
+from tests.support.clock import VirtualClock
 
 NOW = 1_800_000_000.0
-
-
-class StillClock:
-    """Time stands still; the server only reads it."""
-
-    def monotonic(self) -> float:
-        return 100.0
-
-    def time(self) -> float:
-        return NOW
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:  # Clock protocol
-        raise AssertionError("the server never waits on the clock")
 
 
 def ready_board() -> StatusBoard:
@@ -42,9 +30,15 @@ def ready_board() -> StatusBoard:
 
 @asynccontextmanager
 async def serving(board: StatusBoard, *, read_timeout: float = 5.0) -> AsyncIterator[HealthServer]:
-    clock = StillClock()
+    clock = VirtualClock(start=NOW)  # time stands still: the server only reads it
     server = HealthServer(
-        "127.0.0.1", 0, board, Metrics(board, clock.time), clock, 5.0, read_timeout=read_timeout
+        "127.0.0.1",
+        0,
+        board,
+        Metrics(board, clock, ready_margin=5.0),
+        clock,
+        5.0,
+        read_timeout=read_timeout,
     )
     await server.start()
     try:
@@ -115,7 +109,7 @@ def test_readiness_follows_the_board() -> None:
             app.expires_at = NOW + 60
             assert (await http.get("/readyz")).status_code == 200
 
-            app.alive_until = 99.0  # the still clock reads 100
+            app.alive_until = 999.0  # the clock's monotonic reading is 1000
             stuck = await http.get("/livez")
             assert stuck.status_code == 503
             assert "app" in stuck.text
@@ -217,8 +211,10 @@ class BrokenMetrics(Metrics):
 def test_failing_endpoint_answers_500() -> None:
     async def test() -> None:
         board = ready_board()
-        clock = StillClock()
-        server = HealthServer("127.0.0.1", 0, board, BrokenMetrics(board, clock.time), clock, 5.0)
+        clock = VirtualClock(start=NOW)  # time stands still: the server only reads it
+        server = HealthServer(
+            "127.0.0.1", 0, board, BrokenMetrics(board, clock, ready_margin=5.0), clock, 5.0
+        )
         await server.start()
         try:
             async with client(server) as http:
@@ -235,7 +231,9 @@ def test_failing_endpoint_answers_500() -> None:
 
 def test_port_before_start() -> None:
     board = ready_board()
-    clock = StillClock()
-    server = HealthServer("127.0.0.1", 0, board, Metrics(board, clock.time), clock, 5.0)
+    clock = VirtualClock(start=NOW)  # time stands still: the server only reads it
+    server = HealthServer(
+        "127.0.0.1", 0, board, Metrics(board, clock, ready_margin=5.0), clock, 5.0
+    )
     with pytest.raises(RuntimeError, match="not started"):
         _ = server.port

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from sidecar.adapters.vault import (
     TokenLease,
     VaultSecretStore,
     VaultSession,
-    parse_retry_after,
     plan_token,
     renewal_is_useful,
     secret_from_kv,
@@ -48,6 +46,7 @@ from sidecar.errors import (
     VaultUnavailable,
 )
 from sidecar.model import StoredSecret
+from tests.support.clock import START, VirtualClock
 from tests.support.loop import PerTestLoop
 from tests.support.rawserver import TlsMaterial
 
@@ -179,13 +178,7 @@ def secret_data(**extra: Any) -> dict[str, Any]:
     return {"refresh_token": REFRESH, "client_id": "app", "client_secret": "cs-canary", **extra}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+IN_90_SECONDS = datetime.fromtimestamp(START + 90, tz=UTC)
 
 LOOP = PerTestLoop()
 run = LOOP.run
@@ -203,7 +196,7 @@ class Rig:
     vault: FakeVault
     session: VaultSession
     store: VaultSecretStore
-    clock: FakeClock
+    clock: VirtualClock
     events: list[tuple[str, str]]
     leases: list[float | None]
     jwt_file: Path
@@ -228,7 +221,7 @@ def make_rig(
     auth = auth or VaultAuthConfig(method="kubernetes", role="app", jwt_file=jwt_file)
     config = VaultConfig(address=ADDRESS, auth=auth, **vault)
     fake = FakeVault()
-    clock = FakeClock()
+    clock = VirtualClock()
     events: list[tuple[str, str]] = []
     leases: list[float | None] = []
     session = VaultSession(
@@ -237,7 +230,7 @@ def make_rig(
         on_lease=leases.append,
         environ=environ or {},
         transport=fake,
-        monotonic=clock,
+        clock=clock,
     )
     fake.on("POST", "/v1/auth/kubernetes/login", login_answer())
     store = VaultSecretStore(session, "secret", "team/app")
@@ -270,18 +263,6 @@ def test_renewal_is_useful_only_while_it_grants_more_than_the_margin() -> None:
     assert renewal_is_useful(200, 600)
     assert not renewal_is_useful(199, 600)
     assert not renewal_is_useful(0, 600)
-
-
-def test_parse_retry_after() -> None:
-    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
-    assert parse_retry_after("7", now) == 7
-    assert parse_retry_after(" 1.5 ", now) == 1.5
-    in_30_seconds = format_datetime(datetime(2026, 11, 22, 12, 0, 30, tzinfo=UTC), usegmt=True)
-    assert parse_retry_after(in_30_seconds, now) == 30
-    assert parse_retry_after("-3", now) == 0
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after("nan", now) is None
-    assert parse_retry_after(None, now) is None
 
 
 def test_secret_from_kv_keeps_every_field() -> None:
@@ -502,7 +483,7 @@ def test_tls_trust_is_loaded_for_https_only(tmp_path: Path) -> None:
     for unloadable in (missing, garbage):
         config = VaultConfig(address=https, auth=auth, ca_cert=unloadable)
         with pytest.raises(ConfigError) as caught:
-            VaultSession(config, environ={})
+            VaultSession(config, environ={}, clock=VirtualClock())
         [problem] = caught.value.problems
         assert problem.startswith(f"vault.ca_cert: cannot load a CA bundle from {unloadable} (")
 
@@ -569,6 +550,12 @@ def test_lost_check_and_set_is_a_cas_conflict(rig: Rig) -> None:
             "rate limited (HTTP 429)",
         ),
         (error(429, "rate limited"), VaultUnavailable, None, "rate limited (HTTP 429)"),
+        (  # an HTTP-date counts from the session's clock (START), not the system's
+            error(503, headers={"Retry-After": format_datetime(IN_90_SECONDS, usegmt=True)}),
+            VaultUnavailable,
+            90.0,
+            "sealed or unavailable (HTTP 503)",
+        ),
         (error(412, "not consistent"), VaultUnavailable, None, "not yet consistent (HTTP 412)"),
         (error(404), SecretNotFound, None, f"no secret at {LOCATION}"),
         (error(400, "invalid request"), FinalError, None, "refused (HTTP 400)"),
@@ -662,7 +649,7 @@ def test_invalid_secret_reports_its_kind(rig: Rig) -> None:
 def read_twice(rig: Rig, advance: float) -> None:
     rig.vault.on("GET", KV_PATH, kv_answer(secret_data()))
     run(rig.store.read())
-    rig.clock.now += advance
+    rig.clock.advance(advance)
     run(rig.store.read())
 
 
@@ -679,7 +666,7 @@ def test_renewable_token_is_renewed_at_two_thirds_of_its_ttl(rig: Rig) -> None:
     rig.vault.on("POST", "/v1/auth/token/renew-self", login_answer(ttl=600))
     with capture_logs() as logs:
         read_twice(rig, 401)
-        rig.clock.now += 399  # the renewal restarted the clock: no second renewal yet
+        rig.clock.advance(399)  # the renewal restarted the clock: no second renewal yet
         run(rig.store.read())
     assert rig.vault.count("POST", "/v1/auth/token/renew-self") == 1
     assert rig.vault.count("POST", "/v1/auth/kubernetes/login") == 1
@@ -733,7 +720,7 @@ def test_expired_token_needs_a_working_login(rig: Rig) -> None:
     )
     rig.vault.on("GET", KV_PATH, kv_answer(secret_data()))
     run(rig.store.read())
-    rig.clock.now += 601
+    rig.clock.advance(601)
     with pytest.raises(VaultUnavailable):
         run(rig.store.read())
     assert rig.vault.count("GET", KV_PATH) == 1
@@ -755,7 +742,7 @@ def test_no_token_jwt_or_secret_in_logs_or_errors(rig: Rig) -> None:
     messages: list[str] = []
     with capture_logs() as logs:
         secret = run(rig.store.read())
-        rig.clock.now += 500
+        rig.clock.advance(500)
         for action in (rig.store.read(), rig.store.write_refresh_token(secret, "rt-canary-2")):
             try:
                 run(action)
@@ -773,7 +760,7 @@ def test_aclose_forgets_the_lease_and_closes_the_transport(tmp_path: Path) -> No
         run(rig.session.login())
         [expires_at] = rig.leases
         assert expires_at is not None
-        assert abs(expires_at - (time.time() + 600)) < 5
+        assert expires_at == rig.clock.time() + 600  # the session's clock, not the system's
         run(rig.session.aclose())
         assert rig.leases == [expires_at, None]
         assert rig.vault.closed

@@ -13,7 +13,6 @@ from sidecar.adapters.vault.lease import (
     RENEW_FRACTION,
     TokenLease,
     TokenPlan,
-    parse_retry_after,
     plan_token,
     renewal_is_useful,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "TokenPlan",
     "VaultSecretStore",
     "VaultSession",
-    "parse_retry_after",
     "plan_token",
     "renewal_is_useful",
     "secret_from_kv",

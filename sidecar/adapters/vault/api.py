@@ -19,7 +19,6 @@ the active node or a load balancer.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 from collections.abc import Mapping
@@ -27,11 +26,9 @@ from typing import Any
 
 import httpx
 
-from sidecar import __version__
+from sidecar.adapters.httpkit import USER_AGENT, BodyTooLarge, Progress, fetch
 
 __all__ = ["UnexpectedResponse", "VaultApi", "VaultHttpError"]
-
-USER_AGENT = f"token-sidecar/{__version__}"
 
 
 class UnexpectedResponse(Exception):
@@ -103,12 +100,23 @@ class VaultApi:
         body is read up to :data:`MAX_ANSWER_BYTES`.
         """
         headers = {"X-Vault-Token": token} if token else None
+        request = self._client.build_request(method, path, headers=headers, json=body)
+        progress = Progress()
         try:
-            async with asyncio.timeout(self._deadline):
-                response, content = await self._send(method, path, headers, body)
+            response = await fetch(
+                self._client,
+                request,
+                deadline=self._deadline,
+                limit=MAX_ANSWER_BYTES,
+                progress=progress,
+            )
         except TimeoutError:
             raise httpx.ReadTimeout(f"no complete answer within {self._deadline} s") from None
-        decoded = _decode(content)
+        except BodyTooLarge:
+            raise UnexpectedResponse(
+                f"an answer of more than {MAX_ANSWER_BYTES >> 20} MiB"
+            ) from None
+        decoded = _decode(bytes(progress.body))
         if not response.is_success:
             errors = decoded.get("errors") if isinstance(decoded, dict) else None
             raise VaultHttpError(
@@ -121,25 +129,6 @@ class VaultApi:
         if not isinstance(decoded, dict):
             raise UnexpectedResponse("the answer is not a JSON object")
         return decoded
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str] | None,
-        body: Mapping[str, Any] | None,
-    ) -> tuple[httpx.Response, bytes]:
-        request = self._client.build_request(method, path, headers=headers, json=body)
-        response = await self._client.send(request, stream=True)
-        try:
-            content = bytearray()
-            async for chunk in response.aiter_bytes():
-                content += chunk
-                if len(content) > MAX_ANSWER_BYTES:
-                    raise UnexpectedResponse(f"an answer of more than {MAX_ANSWER_BYTES >> 20} MiB")
-        finally:
-            await response.aclose()
-        return response, bytes(content)
 
     async def aclose(self) -> None:
         await self._client.aclose()

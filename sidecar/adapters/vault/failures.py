@@ -3,13 +3,10 @@ the operation and the location, never a token, a secret or Vault's own words."""
 
 from __future__ import annotations
 
-import ssl
-import time
-
 import httpx
 
+from sidecar.adapters.httpkit import tls_problem
 from sidecar.adapters.vault.api import UnexpectedResponse, VaultHttpError
-from sidecar.adapters.vault.lease import parse_retry_after
 from sidecar.config import VaultConfig
 from sidecar.errors import (
     CasConflict,
@@ -20,6 +17,7 @@ from sidecar.errors import (
     VaultPermissionDenied,
     VaultUnavailable,
 )
+from sidecar.retry_after import parse_retry_after
 
 __all__ = ["TRANSLATED", "translate"]
 
@@ -35,10 +33,14 @@ def translate(
     *,
     operation: str,
     where: str,
+    now: float,
     login: bool = False,
     retried: bool = False,
 ) -> SidecarError:
     """``exc`` (one of :data:`TRANSLATED`) from ``operation`` on ``where`` as a project error.
+
+    ``now`` is the wall clock's reading (``Clock.time``), against which an HTTP-date
+    ``Retry-After`` counts.
 
     Temporary trouble (transport, 5xx, 429, 412, a redirect, an odd answer) is
     VaultUnavailable; a refused login VaultAuthFailed; 401/403 VaultPermissionDenied; 404
@@ -50,7 +52,7 @@ def translate(
     if problem is not None:
         retry_after = None
         if isinstance(exc, VaultHttpError):
-            retry_after = parse_retry_after(exc.retry_after, time.time())
+            retry_after = parse_retry_after(exc.retry_after, now)
         return VaultUnavailable(f"{what}: {problem}", retry_after=retry_after)
     http = f" (HTTP {status})" if status is not None else ""
     if login:
@@ -79,7 +81,7 @@ def _transport_problem(exc: httpx.HTTPError, config: VaultConfig) -> str:
     address = config.address
     if isinstance(exc, httpx.TimeoutException):
         return f"no answer from {address} in {config.timeout_seconds} s"
-    if isinstance(exc, httpx.ConnectError) and _is_tls(exc):
+    if isinstance(exc, httpx.ConnectError) and tls_problem(exc) is not None:
         return f"TLS handshake with {address} failed (check vault.ca_cert)"
     if isinstance(exc, httpx.ConnectError):
         return f"cannot connect to {address}"
@@ -106,14 +108,3 @@ def _retryable_status(status: int | None) -> str | None:
 
 def _is_cas_mismatch(exc: VaultHttpError) -> bool:
     return exc.status == 400 and any(_CAS_MISMATCH in message for message in exc.errors)
-
-
-def _is_tls(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return True
-        current = current.__cause__ or current.__context__
-    return False

@@ -1,18 +1,15 @@
-"""When the Vault token is renewed or replaced, and what a ``Retry-After`` means (pure)."""
+"""When the Vault token is renewed or replaced (pure)."""
 
 from __future__ import annotations
 
-import email.utils
 import math
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Literal
 
 __all__ = [
     "RENEW_FRACTION",
     "TokenLease",
     "TokenPlan",
-    "parse_retry_after",
     "plan_token",
     "renewal_is_useful",
 ]
@@ -59,23 +56,3 @@ def renewal_is_useful(new_ttl: float, login_ttl: float, fraction: float = RENEW_
     """
     margin = login_ttl * (1 - fraction) - 1e-6  # 600 * (1 - 2/3) is 200.00000000000003
     return new_ttl > 0 and new_ttl >= margin
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from ``now`` (wall clock): delta-seconds or an HTTP date."""
-    if not value or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - now
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)

@@ -9,7 +9,9 @@ no background task, and no thread: every request is a coroutine on the event loo
 ``asyncio.Lock`` makes concurrent credentials log in once.
 
 Every request reports its outcome to ``on_request``; failures become :mod:`sidecar.errors`
-through :func:`sidecar.adapters.vault.failures.translate`.
+through :func:`sidecar.adapters.vault.failures.translate`. Time comes from the ``Clock`` port:
+its monotonic reading for the token's renewal schedule, its wall time for the lease expiry
+reported to ``on_lease`` and for an HTTP-date ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -41,6 +42,7 @@ from sidecar.adapters.vault.lease import (
 )
 from sidecar.config import VaultConfig
 from sidecar.errors import SidecarError, VaultPermissionDenied
+from sidecar.ports import Clock
 from sidecar.tls import client_context
 
 __all__ = ["RequestObserver", "VaultSession"]
@@ -69,7 +71,7 @@ class VaultSession:
         on_lease: Callable[[float | None], None] | None = None,
         environ: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock,
         renew_fraction: float = RENEW_FRACTION,
     ) -> None:
         """``on_request(operation, outcome)`` is called once per Vault request: operation in
@@ -82,7 +84,7 @@ class VaultSession:
         self._on_request = on_request
         self._on_lease = on_lease
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
-        self._monotonic = monotonic
+        self._clock = clock
         self._fraction = renew_fraction
         self._api = VaultApi(
             config.address,
@@ -119,7 +121,7 @@ class VaultSession:
 
         On a 403 the session logs in again once and sends the request once more; a second 403
         raises VaultPermissionDenied. Errors of the SidecarError tree raised by ``parse`` pass
-        through; anything else becomes one (see :meth:`_translate`).
+        through; anything else becomes one (see :func:`~sidecar.adapters.vault.failures.translate`).
         """
 
         async def send() -> T:
@@ -146,12 +148,12 @@ class VaultSession:
 
     def _report_lease(self, ttl: float | None) -> None:
         if self._on_lease is not None:
-            self._on_lease(time.time() + ttl if ttl is not None and ttl > 0 else None)
+            self._on_lease(self._clock.time() + ttl if ttl is not None and ttl > 0 else None)
 
     async def _ensure_token(self) -> int:
         """Renew or replace the token when it is due; returns the login generation in use."""
         async with self._lock:
-            now = self._monotonic()
+            now = self._clock.monotonic()
             lease = self._lease
             plan = plan_token(lease, now, self._fraction)
             if plan == "use":
@@ -168,7 +170,7 @@ class VaultSession:
             except SidecarError as exc:
                 # A token with time left keeps working while Vault or the login has trouble;
                 # the next call tries again.
-                now = self._monotonic()
+                now = self._clock.monotonic()
                 if lease is None or now >= lease.expires_at:
                     raise
                 log.warning(
@@ -200,7 +202,7 @@ class VaultSession:
 
     async def _login(self) -> None:
         """Log in (for the token method: adopt the given token and look it up). Lock held."""
-        started = self._monotonic()
+        started = self._clock.monotonic()
         if self._auth.method == "token":
             given = given_token(self._auth, self._environ)
 
@@ -250,7 +252,13 @@ class VaultSession:
             raise
         except TRANSLATED as exc:
             error = translate(
-                exc, self._config, operation=operation, where=where, login=login, retried=retried
+                exc,
+                self._config,
+                operation=operation,
+                where=where,
+                now=self._clock.time(),
+                login=login,
+                retried=retried,
             )
             self._report(operation, error.kind)
             raise error from exc
