@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 IDP    := tests/support/idp
 
-.PHONY: help demo test unit integration slow lint fmt clean manifests chart image e2e bench
+.PHONY: help demo test unit integration slow lint fmt clean manifests chart image e2e bench soak
 
 help:
 	@echo "make demo   run the sidecar against a local OpenBao and authorization server"
@@ -17,6 +17,7 @@ help:
 	@echo "make image  build the container image (needs a Docker engine)"
 	@echo "make e2e    end-to-end test in a kind cluster (needs Docker, kind and kubectl)"
 	@echo "make bench  benchmarks beside OpenBao Agent (about 4 min): BENCHMARKS.md, BENCHMARKS.json"
+	@echo "make soak   chaos soak, 10 min (5 replicas killed, frozen, IdP faults, Vault sealed): RELIABILITY.md, RELIABILITY.json"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,9 @@ manifests: $(VENV)/.installed
 
 bench: $(VENV)/.installed $(IDP)/node_modules/.installed
 	$(PY) -m bench
+
+soak: $(VENV)/.installed $(IDP)/node_modules/.installed
+	$(PY) -m tests.soak
 
 e2e: $(VENV)/.installed
 	$(PY) -m pytest -m e2e tests/e2e

@@ -37,7 +37,15 @@ from tests.support.deployment import (
 )
 from tests.support.rawserver import Reply, Route, TokenIssuer
 
-__all__ = ["CLIENT_ID", "FOREIGN_PYTHON", "Sidecar", "canary", "log_events", "metric_value"]
+__all__ = [
+    "CLIENT_ID",
+    "FOREIGN_PYTHON",
+    "ReadyWatcher",
+    "Sidecar",
+    "canary",
+    "log_events",
+    "metric_value",
+]
 
 CLIENT_ID = "client-basic"
 #: The system interpreter, given the project's packages, to run as another user: the
@@ -76,8 +84,9 @@ class ReadyWatcher(threading.Thread):
     """Checks, as often as it can, the promise ``/readyz`` makes: while it answers 200, the
     token files are whole and unexpired (R4). Started with the first ``run`` process."""
 
-    def __init__(self, port: int, directory: Path) -> None:
+    def __init__(self, port: int, directory: Path, interval: float = 0.02) -> None:
         super().__init__(daemon=True)
+        self.interval = interval
         self.url = f"http://127.0.0.1:{port}/readyz"
         self.directory = directory
         self.stopping = threading.Event()
@@ -86,7 +95,7 @@ class ReadyWatcher(threading.Thread):
 
     def run(self) -> None:
         with httpx.Client(timeout=2) as client:
-            while not self.stopping.wait(0.02):
+            while not self.stopping.wait(self.interval):
                 try:
                     ready = client.get(self.url).status_code == 200
                 except httpx.HTTPError:

@@ -37,6 +37,7 @@ __all__ = [
     "deployment",
     "free_port",
     "idp_secret",
+    "set_up",
     "wait_for",
 ]
 
@@ -88,11 +89,18 @@ class Deployment:
         return self.root / "sidecar.log"
 
     def write_config(
-        self, *, refresh: dict[str, Any] | None = None, **credential_overrides: Any
+        self,
+        *,
+        refresh: dict[str, Any] | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
+        **credential_overrides: Any,
     ) -> None:
-        self.overrides = (
-            {"refresh": refresh, **credential_overrides} if refresh else {**credential_overrides}
-        )
+        """Write the config file; ``sections`` adds top-level sections (``http``, ...)."""
+        self.overrides = {**credential_overrides}
+        if refresh:
+            self.overrides["refresh"] = refresh
+        if sections:
+            self.overrides["sections"] = sections
         credential: dict[str, Any] = {
             "name": "billing",
             "kv_path": KV_PATH,
@@ -120,6 +128,7 @@ class Deployment:
                 "shutdown_grace_seconds": 5,
                 **(refresh or {}),
             },
+            **(sections or {}),
         }
         self.config_path.write_text(yaml.safe_dump(config))
 
@@ -177,12 +186,14 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("TOKEN_SIDECAR_", "VAULT_"))}
 
 
-@pytest.fixture
-def deployment(openbao: OpenBaoServer, idp: IdpServer, tmp_path: Path) -> Iterator[Deployment]:
+def set_up(openbao: OpenBaoServer, idp: IdpServer, root: Path) -> Deployment:
+    """What a platform engineer does for one app: policy, role, seeded secret, config file.
+
+    Access tokens last 4 s from here on, so rotations come every few seconds."""
     idp.set_ttl(access_token=4)
     policy = openbao.write_kv_policy("e2e-billing", KV_PATH)
     openbao.create_role(ROLE, [policy])
-    (tmp_path / "sa-token").write_text(openbao.mint_sa_jwt())
+    (root / "sa-token").write_text(openbao.mint_sa_jwt())
     seeded = idp.seed_refresh_token("client-basic")
     openbao.put_secret(
         KV_PATH,
@@ -193,8 +204,14 @@ def deployment(openbao: OpenBaoServer, idp: IdpServer, tmp_path: Path) -> Iterat
             "owner": "team-billing",
         },
     )
-    dep = Deployment(openbao=openbao, idp=idp, root=tmp_path, seeded=seeded)
+    dep = Deployment(openbao=openbao, idp=idp, root=root, seeded=seeded)
     dep.write_config()
+    return dep
+
+
+@pytest.fixture
+def deployment(openbao: OpenBaoServer, idp: IdpServer, tmp_path: Path) -> Iterator[Deployment]:
+    dep = set_up(openbao, idp, tmp_path)
     yield dep
     for each in [dep, *dep.replicas]:
         if each.process is not None and each.process.poll() is None:

@@ -405,6 +405,18 @@ class IdpServer:
         result: dict[str, Any] = self._control("GET", "stats")
         return result
 
+    def ledger(self, since: int = 0) -> list[dict[str, Any]]:
+        """Every token request since the last reset, from entry ``since`` on, in arrival order.
+
+        Each entry: ``seq``, ``at`` (epoch seconds), ``replica`` (the token endpoint URL's
+        ``replica`` query parameter, or ``None``), ``fault`` (the injected fault's mode, or
+        ``None``), ``reached`` (the provider saw it), ``token`` (a fingerprint of the presented
+        refresh token, ``None`` when the body was never read), ``grant``, ``outcome``
+        (``"rotated"`` or the OAuth error code), ``answered`` (written to an open connection),
+        ``status`` (of that answer) and ``done``."""
+        result: list[dict[str, Any]] = self._control("GET", f"ledger?since={since}")
+        return result
+
     def set_fault(self, **spec: Any) -> None:
         """Replace the fault queue with one fault, e.g. ``set_fault(mode="status", status=503,
         count=2, retry_after="1")``, ``set_fault(mode="hang", seconds=5)``,

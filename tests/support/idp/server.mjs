@@ -12,12 +12,14 @@
 // Control API (test-only, same port, JSON in and out):
 //   POST /_test/seed     {client_id, scope?, account_id?} -> {refresh_token, grant_id}
 //   GET  /_test/stats    counters since the last reset (see newStats)
+//   GET  /_test/ledger?since=N  every token request since the last reset, from entry N on
+//                        (see noteRequest): who presented which refresh token, with what result
 //   POST /_test/faults   one fault spec or a list, replacing the queue (see parseFault)
 //   POST /_test/reset    clear faults and counters, restore start-up TTLs (grants survive)
 //   POST /_test/revoke   {grant_id}: revoke a grant as an administrator would
 //   POST /_test/settings {access_token_ttl?, refresh_token_ttl?}: change TTLs of new tokens
 
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -151,6 +153,48 @@ function recordReuse(grantId) {
   stats.reuse_by_grant[key] = (stats.reuse_by_grant[key] ?? 0) + 1;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The ledger: one entry per POST to the token endpoint, so a test can tell from the server's own
+// records which refresh token was presented how often, by whom, and what became of it. Tokens
+// appear only as fingerprints. `replica` is the `replica` query parameter of the token endpoint
+// URL (a test gives each client its own), `fault` the injected fault's mode, `reached` whether
+// the provider saw the request, `outcome` "rotated" or the OAuth error code, `answered` whether
+// the answer was written to a connection still open, `status` its HTTP status, `done` whether
+// the request has finished.
+
+let ledger = [];
+
+function tokenFingerprint(token) {
+  return typeof token === 'string' && token
+    ? createHash('sha256').update(token).digest('hex').slice(0, 16)
+    : null;
+}
+
+function noteRequest(ctx, fault) {
+  const entry = {
+    seq: ledger.length,
+    at: Date.now() / 1000,
+    replica: typeof ctx.query.replica === 'string' ? ctx.query.replica : null,
+    fault: fault?.mode ?? null,
+    reached: false,
+    token: null,
+    grant: null,
+    outcome: null,
+    answered: false,
+    status: null,
+    done: false,
+  };
+  ledger.push(entry);
+  return entry;
+}
+
+function noteProviderAnswer(ctx, entry) {
+  const params = refreshParams(ctx);
+  entry.token = tokenFingerprint(params?.refresh_token);
+  entry.grant = consumedRefreshTokens.get(params?.refresh_token) ?? null;
+  entry.outcome = ctx.status === 200 ? 'rotated' : (ctx.body?.error ?? String(ctx.status));
+}
+
 function refreshParams(ctx) {
   const params = ctx.oidc?.params;
   return params?.grant_type === 'refresh_token' ? params : undefined;
@@ -231,10 +275,11 @@ function takeFault() {
   return fault;
 }
 
+/** Read the whole body (answering before it is read can reset the connection). */
 async function drain(req) {
-  for await (const _chunk of req) {
-    // discard: answering before the body is read can reset the connection
-  }
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 /** Resolve true if the client hung up before `seconds` passed, false otherwise. */
@@ -264,32 +309,51 @@ function dropConnection(ctx) {
 async function handleTokenRequest(ctx, next) {
   stats.token_requests += 1;
   const fault = takeFault();
-  if (!fault) return next();
-  stats.faults_applied += 1;
-
-  switch (fault.mode) {
-    case 'status':
-    case 'raw':
-      await drain(ctx.req);
-      ctx.status = fault.status;
-      ctx.body = fault.body;
-      ctx.type = fault.contentType;
-      ctx.set({ 'Cache-Control': 'no-store', ...fault.headers });
+  const entry = noteRequest(ctx, fault);
+  const provider = async () => {
+    entry.reached = true;
+    await next();
+    noteProviderAnswer(ctx, entry);
+  };
+  try {
+    if (!fault) {
+      await provider();
+      entry.answered = !ctx.req.socket.destroyed;
       return undefined;
-    case 'hang': {
-      const hungUp = await holdOrHangUp(ctx.req.socket, fault.seconds);
-      if (hungUp || fault.then === 'close') {
-        dropConnection(ctx);
+    }
+    stats.faults_applied += 1;
+    switch (fault.mode) {
+      case 'status':
+      case 'raw': {
+        const body = new URLSearchParams(await drain(ctx.req));
+        entry.token = tokenFingerprint(body.get('refresh_token'));
+        ctx.status = fault.status;
+        ctx.body = fault.body;
+        ctx.type = fault.contentType;
+        ctx.set({ 'Cache-Control': 'no-store', ...fault.headers });
+        entry.answered = true;
         return undefined;
       }
-      return next();
+      case 'hang': {
+        const hungUp = await holdOrHangUp(ctx.req.socket, fault.seconds);
+        if (hungUp || fault.then === 'close') {
+          dropConnection(ctx);
+          return undefined;
+        }
+        await provider();
+        entry.answered = !ctx.req.socket.destroyed;
+        return undefined;
+      }
+      case 'drop_after_commit':
+        await provider();
+        dropConnection(ctx);
+        return undefined;
+      default:
+        throw new Error('unreachable');
     }
-    case 'drop_after_commit':
-      await next();
-      dropConnection(ctx);
-      return undefined;
-    default:
-      throw new Error('unreachable');
+  } finally {
+    if (entry.answered) entry.status = ctx.status;
+    entry.done = true;
   }
 }
 
@@ -380,6 +444,9 @@ async function handleControl(provider, ctx) {
       case 'GET /_test/stats':
         ctx.body = { ...stats, faults_pending: faults.map((f) => ({ mode: f.mode, count: f.count })) };
         return;
+      case 'GET /_test/ledger':
+        ctx.body = ledger.slice(Number.parseInt(ctx.query.since ?? '0', 10) || 0);
+        return;
       case 'POST /_test/seed':
         ctx.body = await seed(provider, await readJson(ctx.req));
         return;
@@ -393,6 +460,7 @@ async function handleControl(provider, ctx) {
         await drain(ctx.req);
         faults = [];
         stats = newStats();
+        ledger = [];
         settings = { ...startSettings };
         ctx.body = { reset: true };
         return;
