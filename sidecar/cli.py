@@ -1,6 +1,12 @@
-"""Command line: ``token-sidecar [--config FILE] {run,once,check,injector}`` and ``--version``.
+"""Command line: ``token-sidecar [--config FILE] COMMAND`` and ``--version``.
 
-Exit codes: 0 success; 1 a refresh or check failed; 2 the configuration is invalid.
+Commands: ``run``, ``once``, ``check``, ``injector``, and the operator commands ``seed``,
+``status`` and ``retire``.
+
+Exit codes: 0 success; 1 a refresh, check or operator command failed; 2 the configuration is
+invalid; 3 and 4 (``seed``) the user denied the login, or did not complete it in time.
+The operator commands (``seed``, ``status``, ``retire``) live in :mod:`sidecar.operator`,
+imported only when one of them runs.
 Heavy imports happen after the arguments are parsed so that ``--version`` and ``--help`` are
 instant.
 """
@@ -36,6 +42,91 @@ _COMMANDS = {
 }
 
 
+_OPERATOR_COMMANDS = {
+    "seed": "obtain the first refresh token (device flow or browser login) and store it in Vault",
+    "status": "show what Vault holds for each credential, without secrets",
+    "retire": "revoke a credential's refresh token and mark its secret retired",
+}
+
+
+def _operator_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default), or one JSON object per line on stdout",
+    )
+    parents = [common, output]
+    seed = commands.add_parser(
+        "seed",
+        help=_OPERATOR_COMMANDS["seed"],
+        description=_OPERATOR_COMMANDS["seed"],
+        parents=parents,
+    )
+    seed.add_argument("--credential", required=True, metavar="NAME")
+    seed.add_argument(
+        "--flow",
+        choices=("device", "browser"),
+        help="default: device when the server has a device authorization endpoint",
+    )
+    seed.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a refresh token already in Vault (running replicas adopt the new one)",
+    )
+    seed.add_argument(
+        "--no-browser", action="store_true", help="browser flow: print the URL, open nothing"
+    )
+    seed.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="browser flow: loopback port of the redirect (default: a free one)",
+    )
+    seed.add_argument("--by", metavar="NAME", help="who seeds, for the record (default: OS user)")
+    seed.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="browser flow: how long to wait for the login (default 300)",
+    )
+    seed.add_argument("--device-authorization-endpoint", metavar="URL")
+    seed.add_argument("--authorization-endpoint", metavar="URL")
+    seed.add_argument(
+        "--revocation-endpoint",
+        metavar="URL",
+        help="where to revoke the new token if Vault refuses it",
+    )
+    status = commands.add_parser(
+        "status",
+        help=_OPERATOR_COMMANDS["status"],
+        description=_OPERATOR_COMMANDS["status"],
+        parents=parents,
+    )
+    status.add_argument("--credential", metavar="NAME", help="default: every credential")
+    retire = commands.add_parser(
+        "retire",
+        help=_OPERATOR_COMMANDS["retire"],
+        description=_OPERATOR_COMMANDS["retire"],
+        parents=parents,
+    )
+    retire.add_argument("--credential", required=True, metavar="NAME")
+    retire.add_argument("--by", metavar="NAME", help="who retires, for the record")
+    retire.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to keep retrying an unavailable revocation endpoint (default 120)",
+    )
+    retire.add_argument("--revocation-endpoint", metavar="URL")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -66,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     injector.add_argument(
         "--health-address", metavar="ADDR", help="HOST:PORT for /livez /readyz /metrics"
     )
+    _operator_parsers(commands, common)
     return parser
 
 
@@ -95,8 +187,13 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
         configure_logging(settings.log.level, settings.log.format)
         import asyncio  # noqa: PLC0415
 
-        from sidecar.app import App  # noqa: PLC0415
+        if args.command in _OPERATOR_COMMANDS:
+            from sidecar.operator import run_command  # noqa: PLC0415
+        else:
+            from sidecar.app import App  # noqa: PLC0415
 
+    if args.command in _OPERATOR_COMMANDS:
+        return asyncio.run(run_command(settings, args, out=out, err=sys.stderr))
     command: str = args.command
     return asyncio.run(_main(App, settings, command, out))
 

@@ -10,7 +10,9 @@ Replicas of a Deployment read the same KV v2 secret. Besides the user's fields
       next_attempt_at: <epoch seconds>      # shared backoff after a transient failure
       failures: <int>                       # consecutive failures, for that backoff
       rejected: <sha256 of a refresh token the server refused or that may be spent>
-      refresh: {fingerprint, obtained_at, expires_at}   # facts about the current refresh token
+      refresh: {fingerprint, obtained_at, expires_at, obtained_by}  # the current refresh token
+      seeded:  {at, by, flow}               # written by `token-sidecar seed`
+      retired: {at, by, revoked}            # written by `token-sidecar retire`: replicas stop
 
 A refresh is a sequence of check-and-set writes on the secret's version, which is the
 fencing token (R3):
@@ -143,6 +145,8 @@ class RefreshFacts:
     fingerprint: str
     obtained_at: float | None = None
     expires_at: float | None = None
+    obtained_by: str | None = None
+    """The replica that rotated it in (its holder name), or ``seed``; for ``status``."""
 
     @classmethod
     def parse(cls, raw: Any) -> RefreshFacts | None:
@@ -152,6 +156,7 @@ class RefreshFacts:
             fingerprint=str(raw["fingerprint"]),
             obtained_at=_number(raw.get("obtained_at")),
             expires_at=_number(raw.get("expires_at")),
+            obtained_by=_text(raw.get("obtained_by")),
         )
 
     def describes(self, refresh_token: str) -> bool:
@@ -163,6 +168,8 @@ class RefreshFacts:
             out["obtained_at"] = self.obtained_at
         if self.expires_at is not None:
             out["expires_at"] = self.expires_at
+        if self.obtained_by is not None:
+            out["obtained_by"] = self.obtained_by
         return out
 
 
@@ -275,8 +282,11 @@ def with_result(
     grant: TokenGrant,
     issued_at: float,
     expires_at: float,
+    holder: str | None = None,
 ) -> dict[str, Any]:
-    """The secret after a successful exchange: new refresh token, shared access, no claim."""
+    """The secret after a successful exchange: new refresh token, shared access, no claim.
+
+    ``holder`` (the replica that exchanged) is recorded with a rotated refresh token."""
     refresh_expires = (
         issued_at + grant.refresh_expires_in
         if grant.refresh_expires_in is not None and math.isfinite(grant.refresh_expires_in)
@@ -284,10 +294,13 @@ def with_result(
     )
     known = SharedState.parse(data).refresh
     if refresh_token != data.get("refresh_token"):
-        facts = RefreshFacts(fingerprint(refresh_token), issued_at, refresh_expires)
+        facts = RefreshFacts(fingerprint(refresh_token), issued_at, refresh_expires, holder)
     elif known is not None and known.describes(refresh_token):
         facts = RefreshFacts(
-            known.fingerprint, known.obtained_at, refresh_expires or known.expires_at
+            known.fingerprint,
+            known.obtained_at,
+            refresh_expires or known.expires_at,
+            known.obtained_by,
         )
     else:
         facts = RefreshFacts(fingerprint(refresh_token), None, refresh_expires)

@@ -23,6 +23,12 @@ class DiscoveryInfo:
     token_endpoint: str
     token_endpoint_auth_methods_supported: tuple[str, ...] | None = field(default=None)
     """``None`` when the document does not say (RFC 8414 then implies client_secret_basic)."""
+    authorization_endpoint: str | None = None
+    device_authorization_endpoint: str | None = None
+    revocation_endpoint: str | None = None
+    scopes_supported: tuple[str, ...] | None = None
+    """The operator commands (``seed``, ``retire``) use these four; the endpoints are as the
+    document gives them and checked with :func:`sidecar.config.check_url` where used."""
 
 
 def discovery_urls(issuer: str) -> tuple[str, str]:
@@ -82,10 +88,23 @@ def parse_discovery(
         raise ClientRejected(
             f"issuer: the discovery document's {exc}", oauth_error="insecure_token_endpoint"
         ) from exc
-    methods = data.get("token_endpoint_auth_methods_supported")
-    supported = (
-        tuple(methods)
-        if isinstance(methods, list) and all(isinstance(m, str) for m in methods)
-        else None
+    supported = _strings(data.get("token_endpoint_auth_methods_supported"))
+    return DiscoveryInfo(
+        token_endpoint=endpoint,
+        token_endpoint_auth_methods_supported=supported,
+        authorization_endpoint=_optional_text(data, "authorization_endpoint"),
+        device_authorization_endpoint=_optional_text(data, "device_authorization_endpoint"),
+        revocation_endpoint=_optional_text(data, "revocation_endpoint"),
+        scopes_supported=_strings(data.get("scopes_supported")),
     )
-    return DiscoveryInfo(token_endpoint=endpoint, token_endpoint_auth_methods_supported=supported)
+
+
+def _optional_text(data: dict[str, object], name: str) -> str | None:
+    value = data.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _strings(value: object) -> tuple[str, ...] | None:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    return None

@@ -24,7 +24,11 @@ boundary with ``raise ... from exc``; the core decides what to do from the class
         ├── VaultPermissionDenied    403 after a fresh login
         ├── VaultAuthFailed          login refused (role, JWT, AppRole credentials)
         ├── SecretNotFound           no secret at the KV path
-        └── SecretInvalid            the secret lacks a usable ``refresh_token`` field
+        ├── SecretInvalid            the secret lacks a usable ``refresh_token`` field
+        ├── SecretRetired            an operator retired the credential (``retire``)
+        ├── SecretExists             ``seed`` found a refresh token and was not told to replace it
+        ├── AuthorizationDenied      the user refused a ``seed`` login (access_denied)
+        └── AuthorizationExpired     a ``seed`` login was not completed in time (expired_token)
 
 Every error has a short ``kind`` used in metrics, health output and log events. Messages name
 what was wrong and where; they never contain a token, a client secret or a response body.
@@ -33,6 +37,8 @@ what was wrong and where; they never contain a token, a client secret or a respo
 from __future__ import annotations
 
 __all__ = [
+    "AuthorizationDenied",
+    "AuthorizationExpired",
     "CasConflict",
     "ClaimExpired",
     "ClientRejected",
@@ -43,8 +49,10 @@ __all__ = [
     "ResponseLost",
     "ResponseLostTwice",
     "RetryableError",
+    "SecretExists",
     "SecretInvalid",
     "SecretNotFound",
+    "SecretRetired",
     "SidecarError",
     "SinkError",
     "TokenEndpointUnavailable",
@@ -173,3 +181,19 @@ class SecretNotFound(FinalError):
 
 class SecretInvalid(FinalError):
     kind = "secret_invalid"
+
+
+class SecretRetired(FinalError):
+    kind = "retired"
+
+
+class SecretExists(FinalError):
+    kind = "secret_exists"
+
+
+class AuthorizationDenied(FinalError):
+    kind = "access_denied"
+
+
+class AuthorizationExpired(FinalError):
+    kind = "expired_token"

@@ -71,6 +71,7 @@ __all__ = [
     "ASSERTION_TYPE",
     "OAuthErrorBody",
     "TokenRequest",
+    "authenticated_request",
     "build_refresh_request",
     "json_object",
     "parse_error_body",
@@ -148,6 +149,30 @@ def build_refresh_request(
     Raises ClientRejected (``invalid_client``) when the method needs a secret or an assertion
     that is missing; ValueError when an assertion is given to a method that does not use one.
     """
+    form: list[tuple[str, str]] = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ]
+    if scope:
+        form.append(("scope", scope))
+    form.extend(("resource", uri) for uri in resource)
+    if audience:
+        form.append(("audience", audience))
+    return authenticated_request(form, client, client_assertion=client_assertion)
+
+
+def authenticated_request(
+    fields: list[tuple[str, str]] | tuple[tuple[str, str], ...],
+    client: ClientCredentials,
+    *,
+    client_assertion: str | None = None,
+) -> TokenRequest:
+    """A POST to the token endpoint (or an endpoint that authenticates clients the same way:
+    device authorization, revocation) with ``fields`` and ``client``'s authentication.
+
+    Raises ClientRejected (``invalid_client``) when the method needs a secret or an assertion
+    that is missing; ValueError when an assertion is given to a method that does not use one.
+    """
     if not client.client_id:
         raise ClientRejected("client_id is empty", oauth_error="invalid_client")
     if client_assertion is not None and client.method != "private_key_jwt":
@@ -158,16 +183,7 @@ def build_refresh_request(
         "Accept": "application/json",
         "Content-Type": "application/x-www-form-urlencoded",
     }
-    form: list[tuple[str, str]] = [
-        ("grant_type", "refresh_token"),
-        ("refresh_token", refresh_token),
-    ]
-    if scope:
-        form.append(("scope", scope))
-    form.extend(("resource", uri) for uri in resource)
-    if audience:
-        form.append(("audience", audience))
-
+    form = list(fields)
     if client.method in ("client_secret_basic", "client_secret_post"):
         secret = client.client_secret
         if not secret:

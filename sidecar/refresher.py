@@ -59,6 +59,7 @@ from sidecar.errors import (
     ResponseLostTwice,
     RetryableError,
     SecretInvalid,
+    SecretRetired,
     SidecarError,
     SinkError,
     VaultUnavailable,
@@ -419,6 +420,7 @@ class Refresher:
             grant=grant,
             issued_at=started_wall,
             expires_at=started_wall + lifetime,
+            holder=self._holder,
         )
         access = SharedAccess.parse(result["token_sidecar"]["access"])
         assert access is not None  # noqa: S101  # with_result wrote it
@@ -606,6 +608,11 @@ class Refresher:
         assert self._pending is not None  # noqa: S101
         try:
             fresh = await self._store.read()
+        except SecretRetired as exc:
+            # An operator retired the credential: the token is being revoked, keep nothing.
+            self._drop_pending()
+            self._fail(exc, "secret.read_failed")
+            return
         except SidecarError as exc:
             self._write_failures += 1
             self._next_write = self._after(

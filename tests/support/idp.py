@@ -401,7 +401,8 @@ class IdpServer:
         """Counters since the last reset: ``token_requests``, ``refresh_succeeded``,
         ``refresh_invalid_grant``, ``refresh_errors``, ``refresh_token_reuse``,
         ``reuse_by_grant``, ``grants_revoked``, ``revoked_grants``, ``grants_seeded``,
-        ``faults_applied``, ``faults_pending``."""
+        ``faults_applied``, ``faults_pending``, ``refresh_by_grant`` (grant_id -> successful
+        refreshes), ``device_polls``, ``revocation_requests``."""
         result: dict[str, Any] = self._control("GET", "stats")
         return result
 
@@ -430,13 +431,21 @@ class IdpServer:
     def clear_faults(self) -> None:
         self.set_faults()
 
-    def set_ttl(self, *, access_token: int | None = None, refresh_token: int | None = None) -> None:
-        """Change the lifetimes given to tokens issued from now on (until :meth:`reset`)."""
+    def set_ttl(
+        self,
+        *,
+        access_token: int | None = None,
+        refresh_token: int | None = None,
+        device_code: int | None = None,
+    ) -> None:
+        """Change the lifetimes given to tokens (and device codes) issued from now on (until
+        :meth:`reset`)."""
         body = {
             key: value
             for key, value in (
                 ("access_token_ttl", access_token),
                 ("refresh_token_ttl", refresh_token),
+                ("device_code_ttl", device_code),
             )
             if value is not None
         }

@@ -9,8 +9,10 @@ import structlog
 
 from sidecar.adapters.vault.api import UnexpectedResponse
 from sidecar.adapters.vault.session import VaultSession
-from sidecar.errors import SecretInvalid, SecretNotFound
+from sidecar.errors import SecretInvalid, SecretNotFound, SecretRetired
+from sidecar.lifecycle import retirement
 from sidecar.model import StoredSecret
+from sidecar.status import rfc3339
 
 __all__ = ["VaultSecretStore", "secret_from_kv"]
 
@@ -46,6 +48,14 @@ def secret_from_kv(response: Any, location: str) -> StoredSecret:
     version = metadata.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise UnexpectedResponse("no version in the KV v2 metadata")
+    retired = retirement(data)
+    if retired is not None:
+        when = f" at {rfc3339(retired.at)}" if retired.at is not None else ""
+        who = f" by {retired.by}" if retired.by else ""
+        raise SecretRetired(
+            f"{location}: the credential was retired{when}{who}; "
+            "`token-sidecar seed` puts it back in service"
+        )
     refresh_token = data.get("refresh_token")
     if refresh_token is None:
         raise SecretInvalid(f"{location}: field 'refresh_token' is missing")
@@ -113,6 +123,65 @@ class VaultSecretStore:
         return secret_from_kv(
             {"data": {"data": payload, "metadata": {"version": version}}}, self._location
         )
+
+    async def read_fields(self) -> tuple[dict[str, Any] | None, int]:
+        """The secret's fields and version as they are, whatever they hold (for ``seed``,
+        ``status``, ``retire``): ``(None, 0)`` when there is no secret, ``(None, n)`` when its
+        latest version ``n`` is deleted (a check-and-set write must name ``n``)."""
+
+        def fields(answer: Mapping[str, Any]) -> tuple[dict[str, Any] | None, int]:
+            body = answer.get("data")
+            meta = body.get("metadata") if isinstance(body, Mapping) else None
+            if not isinstance(body, Mapping) or not isinstance(meta, Mapping):
+                raise UnexpectedResponse("no metadata in the KV v2 response")
+            version = meta.get("version")
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise UnexpectedResponse("no version in the KV v2 metadata")
+            data = body.get("data")
+            if meta.get("deletion_time") or meta.get("destroyed") or data is None:
+                return None, version
+            if not isinstance(data, Mapping):
+                raise SecretInvalid(f"{self._location}: the secret's data is not a mapping")
+            return dict(data), version
+
+        def current(answer: Mapping[str, Any]) -> int:
+            body = answer.get("data")
+            version = body.get("current_version") if isinstance(body, Mapping) else None
+            if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+                raise UnexpectedResponse("no current_version in the KV v2 metadata")
+            return version
+
+        try:
+            return await self._session.request(
+                "read", "GET", self._api_path, location=self._location, parse=fields
+            )
+        except SecretNotFound:
+            pass
+        try:
+            version = await self._session.request(
+                "read",
+                "GET",
+                f"{self._mount}/metadata/{self._path}",
+                location=self._location,
+                parse=current,
+            )
+        except SecretNotFound:
+            return None, 0
+        return None, version
+
+    async def write_fields(self, data: Mapping[str, Any], *, cas: int) -> int:
+        """Write ``data`` as the next version with check-and-set ``cas`` (0: create); the new
+        version. Raises CasConflict when the secret is no longer at version ``cas``."""
+        version = await self._session.request(
+            "write",
+            "POST",
+            self._api_path,
+            body={"data": dict(data), "options": {"cas": cas}},
+            location=self._location,
+            parse=_written_version,
+        )
+        log.debug("vault.secret_written", location=self._location, version=version)
+        return version
 
     async def write_refresh_token(self, secret: StoredSecret, refresh_token: str) -> StoredSecret:
         """Replace only ``refresh_token``, keeping every other field (CAS on the version read)."""

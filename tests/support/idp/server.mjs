@@ -4,6 +4,7 @@
 // unauthenticated. It only ever listens on 127.0.0.1.
 //
 // Usage: node server.mjs [--port 0] [--access-token-ttl 60] [--refresh-token-ttl 86400]
+//                        [--device-code-ttl 600]
 // Client secrets and client-jwt's public JWKS come from the environment (IDP_CLIENT_SECRETS,
 // a JSON object client_id -> secret; IDP_CLIENT_JWKS, a JSON JWK Set); the defaults below let
 // the server run on its own. Once listening it prints exactly one line on stdout:
@@ -17,7 +18,15 @@
 //   POST /_test/faults   one fault spec or a list, replacing the queue (see parseFault)
 //   POST /_test/reset    clear faults and counters, restore start-up TTLs (grants survive)
 //   POST /_test/revoke   {grant_id}: revoke a grant as an administrator would
-//   POST /_test/settings {access_token_ttl?, refresh_token_ttl?}: change TTLs of new tokens
+//   POST /_test/settings {access_token_ttl?, refresh_token_ttl?, device_code_ttl?}: change
+//                        TTLs of new tokens and device codes
+//
+// Operator seeding (`token-sidecar seed`, `retire`): the device authorization grant
+// (RFC 8628, /device/auth, the user's side at /device), token revocation (RFC 7009,
+// /token/revocation) and the development login and consent pages (plain HTML forms: any
+// login name is accepted) are on. Every client may use the device flow; `client-native` is a
+// public native app whose loopback redirect may use any port (RFC 8252 §7.3), and
+// `client-no-refresh` a public client that is never issued a refresh token.
 
 import { createHash, generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
@@ -27,6 +36,7 @@ import Provider from 'oidc-provider';
 
 const HOST = '127.0.0.1';
 const TOKEN_PATH = '/token';
+const REVOCATION_PATH = '/token/revocation'; // oidc-provider's default
 const SCOPES = ['openid', 'offline_access', 'api:read'];
 const GRANT_TTL = 30 * 24 * 3600; // outlives any refresh token, so expiry tests see the token's own
 
@@ -35,6 +45,7 @@ const { values: args } = parseArgs({
     port: { type: 'string', default: '0' },
     'access-token-ttl': { type: 'string', default: '60' },
     'refresh-token-ttl': { type: 'string', default: String(24 * 3600) },
+    'device-code-ttl': { type: 'string', default: '600' },
   },
 });
 
@@ -52,6 +63,7 @@ function positiveInt(value, name) {
 const startSettings = Object.freeze({
   accessTokenTtl: positiveInt(args['access-token-ttl'], '--access-token-ttl'),
   refreshTokenTtl: positiveInt(args['refresh-token-ttl'], '--refresh-token-ttl'),
+  deviceCodeTtl: positiveInt(args['device-code-ttl'], '--device-code-ttl'),
 });
 let settings = { ...startSettings };
 
@@ -142,6 +154,9 @@ function newStats() {
     revoked_grants: [],
     grants_seeded: 0,
     faults_applied: 0,
+    refresh_by_grant: {}, // grant_id -> successful refreshes with its tokens
+    device_polls: 0, // device_code grant requests, answered or not
+    revocation_requests: 0, // POSTs to the revocation endpoint
   };
 }
 
@@ -433,7 +448,14 @@ function changeSettings(body) {
   if (body.refresh_token_ttl !== undefined) {
     settings.refreshTokenTtl = positiveInt(body.refresh_token_ttl, 'refresh_token_ttl');
   }
-  return { access_token_ttl: settings.accessTokenTtl, refresh_token_ttl: settings.refreshTokenTtl };
+  if (body.device_code_ttl !== undefined) {
+    settings.deviceCodeTtl = positiveInt(body.device_code_ttl, 'device_code_ttl');
+  }
+  return {
+    access_token_ttl: settings.accessTokenTtl,
+    refresh_token_ttl: settings.refreshTokenTtl,
+    device_code_ttl: settings.deviceCodeTtl,
+  };
 }
 
 async function handleControl(provider, ctx) {
@@ -521,7 +543,36 @@ function clientsFromEnv(redirectUri) {
   } else {
     process.stderr.write('IDP_CLIENT_JWKS not set: client-jwt is not registered\n');
   }
-  return clients;
+  return withSeeding(clients);
+}
+
+const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code';
+
+/** Operator seeding: the device flow for every client, plus a public native app. */
+function withSeeding(clients) {
+  const seeding = clients.map((client) => ({
+    ...client,
+    grant_types: [...client.grant_types, DEVICE_CODE],
+  }));
+  seeding.push({
+    client_id: 'client-native',
+    application_type: 'native',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['authorization_code', 'refresh_token', DEVICE_CODE],
+    redirect_uris: ['http://127.0.0.1/callback'],
+    response_types: ['code'],
+    scope: SCOPES.join(' '),
+  });
+  // A client the server issues no refresh token to (it lacks the refresh_token grant).
+  seeding.push({
+    client_id: 'client-no-refresh',
+    token_endpoint_auth_method: 'none',
+    grant_types: [DEVICE_CODE],
+    redirect_uris: [],
+    response_types: [],
+    scope: SCOPES.join(' '),
+  });
+  return seeding;
 }
 
 function signingKeys() {
@@ -536,7 +587,11 @@ function createProvider(issuer) {
     jwks: signingKeys(),
     scopes: SCOPES,
     routes: { token: TOKEN_PATH },
-    features: { devInteractions: { enabled: false } },
+    features: {
+      devInteractions: { enabled: true }, // the login and consent forms seeding tests drive
+      deviceFlow: { enabled: true },
+      revocation: { enabled: true },
+    },
     findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
     issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
     rotateRefreshToken: true,
@@ -549,14 +604,24 @@ function createProvider(issuer) {
       Interaction: 3600,
       Session: 14 * 24 * 3600,
       ClientCredentials: 600,
-      DeviceCode: 600,
+      DeviceCode: () => settings.deviceCodeTtl,
       BackchannelAuthenticationRequest: 600,
       PreAuthorizedCode: 600,
     },
   });
 
   provider.on('grant.success', (ctx) => {
-    if (refreshParams(ctx)) stats.refresh_succeeded += 1;
+    if (refreshParams(ctx)) {
+      stats.refresh_succeeded += 1;
+      const grantId = ctx.oidc.entities?.RefreshToken?.grantId ?? 'unknown';
+      stats.refresh_by_grant[grantId] = (stats.refresh_by_grant[grantId] ?? 0) + 1;
+    }
+  });
+  provider.on('grant.success', (ctx) => {
+    if (ctx.oidc.params?.grant_type === DEVICE_CODE) stats.device_polls += 1;
+  });
+  provider.on('grant.error', (ctx) => {
+    if (ctx.oidc.params?.grant_type === DEVICE_CODE) stats.device_polls += 1;
   });
   provider.on('grant.error', (ctx, err) => {
     const params = refreshParams(ctx);
@@ -586,6 +651,7 @@ function createProvider(issuer) {
   provider.use(async (ctx, next) => {
     if (ctx.path.startsWith('/_test/')) return handleControl(provider, ctx);
     if (ctx.method === 'POST' && ctx.path === TOKEN_PATH) return handleTokenRequest(ctx, next);
+    if (ctx.method === 'POST' && ctx.path === REVOCATION_PATH) stats.revocation_requests += 1;
     return next();
   });
   return provider;

@@ -1,0 +1,272 @@
+"""The authorization server as the operator commands meet it, over httpx.
+
+``seed`` and ``retire`` talk to more of the server than the refresher does: its metadata
+(every endpoint, ``scopes_supported``), the device authorization endpoint (RFC 8628), the
+token endpoint for the device and authorization code grants, and the revocation endpoint
+(RFC 7009). The protocol is in the pure modules (:mod:`sidecar.device`, :mod:`sidecar.pkce`,
+:mod:`sidecar.revocation`, :mod:`sidecar.oauth`); this adapter moves bytes: one request at
+a time, redirects never followed, the whole request under one deadline, the body read up to
+a bound, transport failures as :class:`TokenEndpointUnavailable`. Every token it receives is
+registered with the redactor before anything else happens to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from sidecar.config import CredentialConfig, check_url
+from sidecar.device import (
+    DeviceAuthorization,
+    PollOutcome,
+    build_device_authorization_request,
+    build_device_token_request,
+    parse_device_authorization,
+    poll_outcome,
+)
+from sidecar.discovery import DiscoveryInfo, discovery_urls, parse_discovery
+from sidecar.errors import ClientRejected, MalformedResponse, TokenEndpointUnavailable
+from sidecar.model import ClientCredentials, TokenGrant
+from sidecar.oauth import TokenRequest, parse_token_response
+from sidecar.pkce import build_code_request
+from sidecar.redact import REDACTOR, Redactor
+from sidecar.revocation import build_revocation_request, parse_revocation_response
+
+__all__ = ["AuthorizationServer", "Endpoints"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where each request goes; ``None`` when neither the configuration nor the server's
+    metadata names it."""
+
+    token: str
+    device_authorization: str | None = None
+    authorization: str | None = None
+    revocation: str | None = None
+    scopes_supported: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class AuthorizationServer:
+    """One credential's authorization server, for ``seed`` and ``retire``."""
+
+    def __init__(
+        self,
+        credential: CredentialConfig,
+        http: httpx.AsyncClient,
+        *,
+        overrides: Mapping[str, str | None] | None = None,
+        max_response_bytes: int = 1_048_576,
+        timeout: float = 10.0,
+        wall_clock: Callable[[], float] = time.time,
+        redactor: Redactor = REDACTOR,
+    ) -> None:
+        """``overrides`` (``device_authorization``, ``authorization``, ``revocation``) name
+        endpoints the metadata does not, or that must win over it (command-line options)."""
+        self._credential = credential
+        self._http = http
+        self._overrides = {k: v for k, v in (overrides or {}).items() if v}
+        self._max_bytes = max_response_bytes
+        self._timeout = timeout
+        self._time = wall_clock
+        self._redactor = redactor
+        self._endpoints: Endpoints | None = None
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def endpoints(self) -> Endpoints:
+        """The endpoints from configuration, options and (with ``issuer``) the metadata."""
+        if self._endpoints is None:
+            info = None
+            if self._credential.issuer:
+                info = await self._discover(self._credential.issuer)
+            token = info.token_endpoint if info else self._credential.token_endpoint
+            assert token is not None  # noqa: S101  # config requires issuer or token_endpoint
+            found = {
+                "device_authorization": info.device_authorization_endpoint if info else None,
+                "authorization": info.authorization_endpoint if info else None,
+                "revocation": info.revocation_endpoint if info else None,
+            }
+            found.update(self._overrides)
+            self._endpoints = Endpoints(
+                token=token,
+                scopes_supported=info.scopes_supported if info else None,
+                **{name: self._checked(url, name) for name, url in found.items()},
+            )
+        return self._endpoints
+
+    def _checked(self, url: str | None, name: str) -> str | None:
+        if url is None:
+            return None
+        try:
+            return check_url(
+                url, allow_http=self._credential.allow_insecure_http, what=f"{name} endpoint"
+            )
+        except ValueError as exc:
+            raise ClientRejected(str(exc), oauth_error="insecure_endpoint") from exc
+
+    async def _discover(self, issuer: str) -> DiscoveryInfo:
+        tried: list[str] = []
+        for url in discovery_urls(issuer):
+            answer = await self._send("GET", url, "discovery document")
+            if answer.status in (408, 429) or answer.status >= 500:
+                raise TokenEndpointUnavailable(
+                    f"issuer: discovery document unavailable (HTTP {answer.status})"
+                )
+            if 200 <= answer.status < 300:
+                try:
+                    return parse_discovery(
+                        answer.body, issuer, allow_http=self._credential.allow_insecure_http
+                    )
+                except MalformedResponse:
+                    pass
+            tried.append(f"{urlsplit(url).path} (HTTP {answer.status})")
+        raise ClientRejected(
+            f"issuer: no usable discovery document at {' or '.join(tried)}",
+            oauth_error="discovery_failed",
+        )
+
+    # -- the grants -----------------------------------------------------------------------
+
+    async def device_authorization(
+        self, client: ClientCredentials, *, scope: str | None
+    ) -> DeviceAuthorization:
+        endpoints = await self.endpoints()
+        if endpoints.device_authorization is None:
+            raise ClientRejected(
+                "the authorization server names no device_authorization_endpoint "
+                "(use --flow browser, or --device-authorization-endpoint)",
+                oauth_error="no_device_endpoint",
+            )
+        request = build_device_authorization_request(
+            client,
+            scope=scope,
+            resource=self._credential.resource,
+            audience=self._credential.audience,
+            client_assertion=self._assertion(client, endpoints.token),
+        )
+        answer = await self._post(endpoints.device_authorization, request, "device authorization")
+        result = parse_device_authorization(
+            answer.status, answer.headers, answer.body, now=self._time()
+        )
+        self._redactor.add(result.device_code)
+        return result
+
+    async def poll_device(
+        self, device_code: str, client: ClientCredentials, *, interval: float
+    ) -> PollOutcome:
+        endpoints = await self.endpoints()
+        request = build_device_token_request(
+            device_code, client, client_assertion=self._assertion(client, endpoints.token)
+        )
+        try:
+            answer = await self._post(endpoints.token, request, "token endpoint")
+        except TokenEndpointUnavailable as exc:
+            # The user may still be deciding: poll again, as for a 503.
+            return PollOutcome("pending", interval, wait=exc.retry_after)
+        outcome = poll_outcome(
+            answer.status, answer.headers, answer.body, interval=interval, now=self._time()
+        )
+        if outcome.grant is not None:
+            self._redactor.add(outcome.grant.access_token, outcome.grant.refresh_token)
+        return outcome
+
+    async def redeem_code(
+        self, code: str, verifier: str, redirect_uri: str, client: ClientCredentials
+    ) -> TokenGrant:
+        endpoints = await self.endpoints()
+        self._redactor.add(code, verifier)
+        request = build_code_request(
+            code,
+            verifier,
+            redirect_uri,
+            client,
+            client_assertion=self._assertion(client, endpoints.token),
+        )
+        answer = await self._post(endpoints.token, request, "token endpoint")
+        grant = parse_token_response(answer.status, answer.headers, answer.body, now=self._time())
+        self._redactor.add(grant.access_token, grant.refresh_token)
+        return grant
+
+    async def revoke(self, refresh_token: str, client: ClientCredentials) -> None:
+        endpoints = await self.endpoints()
+        if endpoints.revocation is None:
+            raise ClientRejected(
+                "the authorization server names no revocation_endpoint "
+                "(give one with --revocation-endpoint)",
+                oauth_error="no_revocation_endpoint",
+            )
+        request = build_revocation_request(
+            refresh_token, client, client_assertion=self._assertion(client, endpoints.token)
+        )
+        answer = await self._post(endpoints.revocation, request, "revocation endpoint")
+        parse_revocation_response(answer.status, answer.headers, answer.body, now=self._time())
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _assertion(self, client: ClientCredentials, audience: str) -> str | None:
+        if client.method != "private_key_jwt" or not client.private_key:
+            return None
+        from sidecar.client_assertion import make_client_assertion  # noqa: PLC0415
+
+        assertion = make_client_assertion(
+            client.client_id,
+            audience,
+            client.private_key,
+            alg=client.signing_alg,
+            key_id=client.key_id,
+            now=self._time(),
+            jti=secrets.token_urlsafe(24),
+        )
+        self._redactor.add(assertion)
+        return assertion
+
+    async def _post(self, url: str, request: TokenRequest, what: str) -> _Answer:
+        return await self._send("POST", url, what, headers=request.headers, content=request.body())
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> _Answer:
+        where = f"{what} {urlsplit(url).hostname}"
+        body = bytearray()
+        try:
+            async with (
+                asyncio.timeout(self._timeout),
+                self._http.stream(
+                    method,
+                    url,
+                    headers={"Accept": "application/json", **(headers or {})},
+                    content=content,
+                    follow_redirects=False,
+                ) as response,
+            ):
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > self._max_bytes:
+                        raise MalformedResponse(
+                            f"{where}: response larger than {self._max_bytes} bytes"
+                        )
+                return _Answer(response.status_code, response.headers, bytes(body))
+        except TimeoutError as exc:
+            raise TokenEndpointUnavailable(f"{where}: no answer within {self._timeout} s") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise TokenEndpointUnavailable(f"{where}: {type(exc).__name__}") from exc

@@ -1,0 +1,104 @@
+"""What every operator command needs: the credential, Vault, the authorization server, the client.
+
+Built from the same configuration as ``run``. The Vault session logs in with the configured
+method; operators on a laptop or in CI usually set ``TOKEN_SIDECAR_VAULT__AUTH__METHOD=token``
+and ``VAULT_TOKEN`` (or have ``~/.vault-token`` from ``vault login``).
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from sidecar.adapters.authorization import AuthorizationServer
+from sidecar.adapters.exchange import make_http_client
+from sidecar.adapters.vault import VaultSecretStore, VaultSession
+from sidecar.app import client_template
+from sidecar.config import CredentialConfig, Settings
+from sidecar.errors import ConfigError
+from sidecar.model import ClientCredentials, StoredSecret
+from sidecar.redact import REDACTOR
+from sidecar.refresher import client_credentials
+
+__all__ = ["Operator", "find_credential", "operator_name"]
+
+
+def operator_name() -> str:
+    """Who runs the command, for the record in Vault: the OS user."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user database entry, no LOGNAME: a bare container
+        return "unknown"
+
+
+def find_credential(settings: Settings, name: str) -> CredentialConfig:
+    for credential in settings.credentials:
+        if credential.name == name:
+            return credential
+    known = ", ".join(c.name for c in settings.credentials)
+    raise ConfigError([f"--credential {name}: no such credential in the configuration ({known})"])
+
+
+@dataclass
+class Operator:
+    """The resources of one command run; :meth:`aclose` when done."""
+
+    settings: Settings
+    vault: VaultSession
+    http: httpx.AsyncClient
+
+    @classmethod
+    def open(cls, settings: Settings) -> Operator:
+        return cls(
+            settings=settings,
+            vault=VaultSession(settings.vault),
+            http=make_http_client(settings.http.ca_cert, settings.http.timeout_seconds),
+        )
+
+    def store(self, credential: CredentialConfig) -> VaultSecretStore:
+        return VaultSecretStore(self.vault, credential.kv_mount, credential.kv_path)
+
+    def server(
+        self, credential: CredentialConfig, overrides: Mapping[str, str | None] | None = None
+    ) -> AuthorizationServer:
+        return AuthorizationServer(
+            credential,
+            self.http,
+            overrides=overrides,
+            max_response_bytes=self.settings.http.max_response_bytes,
+            timeout=self.settings.http.timeout_seconds,
+        )
+
+    def client(
+        self, credential: CredentialConfig, data: Mapping[str, Any] | None, location: str
+    ) -> ClientCredentials:
+        """The configuration's client settings completed by the secret's fields.
+
+        Raises SecretInvalid naming what is missing (a ``client_secret`` for a confidential
+        client is put in the secret first: ``vault kv put <path> client_id=... client_secret=...``;
+        ``seed`` keeps it).
+        """
+        fields = data or {}
+
+        def text(name: str) -> str | None:
+            value = fields.get(name)
+            return value if isinstance(value, str) and value else None
+
+        secret = StoredSecret(
+            location=location,
+            version=0,
+            refresh_token="",  # not needed to build the client
+            client_id=text("client_id"),
+            client_secret=text("client_secret"),
+            private_key=text("private_key"),
+        )
+        REDACTOR.add(secret.client_secret, secret.private_key)
+        return client_credentials(client_template(credential), secret)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.vault.aclose()
