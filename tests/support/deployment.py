@@ -109,7 +109,7 @@ class Deployment:
             "output_dir": str(self.output_dir),
             **credential_overrides,
         }
-        config = {
+        config: dict[str, Any] = {
             "vault": {
                 "address": self.openbao.address,
                 "auth": {
