@@ -37,9 +37,9 @@ from sidecar.oauth import (
     authenticated_request,
     json_object,
     parse_error_body,
-    parse_retry_after,
     parse_token_response,
 )
+from sidecar.retry_after import parse_retry_after
 
 __all__ = [
     "DEFAULT_INTERVAL",

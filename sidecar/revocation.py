@@ -21,8 +21,8 @@ from sidecar.oauth import (
     authenticated_request,
     json_object,
     parse_error_body,
-    parse_retry_after,
 )
+from sidecar.retry_after import parse_retry_after
 
 __all__ = ["build_revocation_request", "parse_revocation_response"]
 

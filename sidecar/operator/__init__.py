@@ -36,7 +36,7 @@ async def run_command(
 ) -> int:
     reporter = Reporter(args.output, out=out, err=err)
     clock = SystemClock()
-    operator = Operator.open(settings)
+    operator = Operator.open(settings, clock)
     try:
         if args.command == "seed":
             options = SeedOptions(

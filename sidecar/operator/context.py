@@ -21,6 +21,7 @@ from sidecar.app import client_template
 from sidecar.config import CredentialConfig, Settings
 from sidecar.errors import ConfigError
 from sidecar.model import ClientCredentials, StoredSecret
+from sidecar.ports import Clock
 from sidecar.redact import REDACTOR
 from sidecar.refresher import client_credentials
 
@@ -52,10 +53,10 @@ class Operator:
     http: httpx.AsyncClient
 
     @classmethod
-    def open(cls, settings: Settings) -> Operator:
+    def open(cls, settings: Settings, clock: Clock) -> Operator:
         return cls(
             settings=settings,
-            vault=VaultSession(settings.vault),
+            vault=VaultSession(settings.vault, clock=clock),
             http=make_http_client(settings.http.ca_cert, settings.http.timeout_seconds),
         )
 
