@@ -5,7 +5,9 @@ The chart is the source of truth for the Kubernetes objects; ``manifests/prometh
 chart ships as copies in ``charts/token-sidecar/files/``. This script, run by ``make manifests``:
 
 1. copies the rule file and the dashboard into the chart (when the sources exist; until then the
-   chart keeps its placeholders);
+   chart keeps its placeholders), and writes the SLO rules (``scripts/slo_rules.py``, one
+   definition of each SLO) as ``manifests/prometheus/token-sidecar-slo-rules.yaml`` with the
+   default targets and as the chart's copy with placeholders for ``monitoring.slo``;
 2. renders the chart with ``ci/example-values.yaml`` as release ``token-sidecar`` and writes
    ``manifests/deployment/token-sidecar.yaml`` (every object but the ``helm test`` hook);
 3. from the same render, writes the kustomize component's sidecar config and Deployment patch
@@ -24,6 +26,9 @@ from typing import Any
 
 import helm_python
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import slo_rules  # the sibling script, importable however this one is run
 
 __all__ = ["expected_files", "main"]
 
@@ -138,6 +143,8 @@ def expected_files() -> dict[Path, str]:
     for source, copy in COPIES.items():
         if source.exists():
             files[copy] = source.read_text(encoding="utf-8")
+    files[ROOT / "manifests" / "prometheus" / "token-sidecar-slo-rules.yaml"] = slo_rules.render()
+    files[CHART / "files" / "token-sidecar-slo-rules.yaml"] = slo_rules.render_chart_copy()
     values = yaml.safe_load(EXAMPLE_VALUES.read_text(encoding="utf-8"))
     objects = [_strip_helm_labels(obj) for obj in render_chart(values)]
     files[ROOT / "manifests" / "deployment" / "token-sidecar.yaml"] = HEADER.format(

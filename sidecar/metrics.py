@@ -30,6 +30,8 @@ always agrees with ``/healthz``):
 * ``token_sidecar_writeback_pending{credential}``, ``token_sidecar_ready{credential}``,
   ``token_sidecar_consecutive_failures{credential}``, ``token_sidecar_secret_version{credential}``;
 * ``token_sidecar_state{credential,state}``: 1 for the credential's current phase, 0 otherwise;
+* ``token_sidecar_token_valid{credential}``: 1 while the published token is unexpired (the
+  token-availability SLI samples it), and ``token_sidecar_credential_required{credential}``;
 * ``token_sidecar_build_info{version}``: always 1.
 
 Series whose value is unknown (no token yet) are left out rather than reported as 0, which
@@ -53,8 +55,9 @@ from sidecar.status import CredentialStatus, Phase, StatusBoard
 __all__ = ["DURATION_BUCKETS", "PREFIX", "VAULT_OPERATIONS", "Metrics"]
 
 PREFIX = "token_sidecar_"
-DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-"""From a loopback refresh (about 2 ms) to the longest timeout worth waiting for."""
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1, 2.5, 5, 10, 30)
+"""From a loopback refresh (about 2 ms) to the longest timeout worth waiting for; 0.3 is the
+refresh-latency SLO's default threshold (the SLO rules read the bucket ``le="0.3"``)."""
 
 VAULT_OPERATIONS = ("login", "lookup", "renew", "read", "write")
 """The Vault operations whose last success is exported; others are counted only."""
@@ -135,6 +138,16 @@ class _StatusCollector:
             "1 while the published token is valid for at least the ready margin.",
             labels=["credential"],
         )
+        families["token_valid"] = GaugeMetricFamily(
+            PREFIX + "token_valid",
+            "1 while the published access token is unexpired, 0 before the first and after expiry.",
+            labels=["credential"],
+        )
+        families["credential_required"] = GaugeMetricFamily(
+            PREFIX + "credential_required",
+            "1 when the credential is required (counts towards /readyz and token availability).",
+            labels=["credential"],
+        )
         families["state"] = GaugeMetricFamily(
             PREFIX + "state",
             "1 for the credential's current state, 0 for the others.",
@@ -155,6 +168,9 @@ class _StatusCollector:
                 if sample is not None and math.isfinite(sample):
                     families[key].add_metric([name], sample)
             families["ready"].add_metric([name], float(status.ready(now, self._ready_margin)))
+            valid = status.expires_at is not None and status.expires_at > now
+            families["token_valid"].add_metric([name], float(valid))
+            families["credential_required"].add_metric([name], float(status.required))
             for phase in Phase:
                 families["state"].add_metric([name, phase.value], float(status.phase is phase))
         yield from families.values()

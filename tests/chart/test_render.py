@@ -18,6 +18,7 @@ from tests.chart.rendering import (
     CRD_KINDS,
     NAMESPACE,
     RELEASE,
+    ROOT,
     Rendered,
     load_rendered_config,
     pod_containers,
@@ -326,7 +327,10 @@ def test_observability_objects() -> None:
     rule = rendered.one("PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     source = yaml.safe_load((CHART_DIR / "files" / "token-sidecar-rules.yaml").read_text())
-    assert rule["spec"] == {"groups": source["groups"]}
+    slo = yaml.safe_load(
+        (ROOT / "manifests" / "prometheus" / "token-sidecar-slo-rules.yaml").read_text()
+    )
+    assert rule["spec"] == {"groups": source["groups"] + slo["groups"]}
     for group in rule["spec"]["groups"]:
         assert set(group) <= {"name", "interval", "rules", "limit", "partial_response_strategy"}
         assert isinstance(group["rules"], list)
