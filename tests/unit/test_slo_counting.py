@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 
-from prometheus_client.utils import floatToGoString
-
-from sidecar.errors import ResponseLost, TokenEndpointUnavailable
+from sidecar.errors import ResponseLost, SidecarError, TokenEndpointUnavailable
 from sidecar.metrics import DURATION_BUCKETS, Metrics
-from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy
-from sidecar.schedule import SchedulePolicy
+from sidecar.refresher import ClientTemplate, Refresher
 from sidecar.status import StatusBoard
+from tests.support import policies
+from tests.support.clock import VirtualClock
 from tests.unit.fakes import (
     Events,
-    FakeClock,
     FakeExchanger,
     FakeSink,
     FakeStore,
@@ -27,14 +25,14 @@ from tests.unit.fakes import (
 )
 
 
-def run(script: list[object], seconds: float) -> tuple[Metrics, FakeExchanger]:
+def run(script: list[SidecarError], seconds: float) -> tuple[Metrics, FakeExchanger]:
     events = Events()
-    clock = FakeClock()
+    clock = VirtualClock()
     stop = asyncio.Event()
     board = StatusBoard()
-    metrics = Metrics(board, clock.time)
+    metrics = Metrics(board, clock, ready_margin=5.0)
     exchanger = FakeExchanger(events, expires_in=600)
-    exchanger.script = script
+    exchanger.script = list(script)
     refresher = Refresher(
         store=FakeStore(events, client_id="demo", client_secret="s3cret-value"),
         exchanger=exchanger,
@@ -43,12 +41,11 @@ def run(script: list[object], seconds: float) -> tuple[Metrics, FakeExchanger]:
         status=board.add("demo"),
         clock=clock,
         stop=stop,
-        policy=RefreshPolicy(schedule=SchedulePolicy(min_margin=5.0), operation_timeout=5.0),
+        policy=policies.policy(schedule=policies.schedule(min_margin=5.0), operation_timeout=5.0),
         observer=metrics,
         rng=random.Random(7),
     )
-    clock.stop_after(seconds, stop)
-    run_without_leaks(refresher.run())
+    run_without_leaks(clock.drive(refresher.run(), seconds, stop))
     return metrics, exchanger
 
 
@@ -84,4 +81,3 @@ def test_the_latency_threshold_is_a_bucket_bound() -> None:
     metrics, _ = run([], seconds=1)
     body = metrics.render()[0].decode()
     assert 'token_sidecar_refresh_duration_seconds_bucket{credential="demo",le="0.3"} 1.0' in body
-    assert floatToGoString(0.3) == "0.3"
