@@ -21,6 +21,7 @@ import yaml
 from sidecar.config import Settings, load_settings
 
 __all__ = [
+    "CERT_MANAGER_KINDS",
     "CHART_DIR",
     "CI_VALUES",
     "CRD_KINDS",
@@ -28,6 +29,7 @@ __all__ = [
     "RELEASE",
     "ROOT",
     "Rendered",
+    "is_injector",
     "load_rendered_config",
     "pod_containers",
     "render",
@@ -43,6 +45,8 @@ RELEASE = "shop"
 NAMESPACE = "team-a"
 # prometheus-operator kinds: not in the upstream schemas, so their shape is asserted instead.
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+# cert-manager kinds (the injector's TLS), likewise.
+CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
 OLDEST = {"native": "1.29.0", "classic": "1.25.0"}
 NEWEST = kubernetes_validate.latest_version()
 SIDECAR = "token-sidecar"
@@ -73,7 +77,16 @@ class Rendered:
 
     @property
     def deployment(self) -> dict[str, Any]:
-        return self.one("Deployment")
+        """The Deployment of the app and its sidecar (not the injector's)."""
+        found = [d for d in self.all("Deployment") if not is_injector(d)]
+        assert len(found) == 1, f"expected one app Deployment, found {len(found)}"
+        return found[0]
+
+    @property
+    def injector(self) -> dict[str, Any]:
+        found = [d for d in self.all("Deployment") if is_injector(d)]
+        assert len(found) == 1, f"expected one injector Deployment, found {len(found)}"
+        return found[0]
 
     @property
     def pod(self) -> dict[str, Any]:
@@ -98,6 +111,11 @@ class Rendered:
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = yaml.safe_load(self.config_map["data"]["config.yaml"])
         return config
+
+
+def is_injector(obj: dict[str, Any]) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return bool(labels.get("app.kubernetes.io/component") == "injector")
 
 
 def render(
@@ -167,7 +185,7 @@ def validate_objects(objects: list[dict[str, Any]], mode: str) -> list[str]:
     """Validate every non-CRD object strictly for the oldest and newest supported versions."""
     errors: list[str] = []
     for obj in objects:
-        if obj["kind"] in CRD_KINDS:
+        if obj["kind"] in CRD_KINDS | CERT_MANAGER_KINDS:
             continue
         for version in (OLDEST[mode], NEWEST):
             try:
