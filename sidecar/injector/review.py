@@ -255,6 +255,9 @@ def _vault_env(parsed: Parsed, config: InjectorConfig, problems: list[Problem]) 
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False):
             message = error["msg"].removeprefix("Value error, ").removeprefix("address: ")
+            message = message.replace(
+                "set allow_insecure_http: true", "set vault.allow_insecure_http in its config"
+            )
             where = "vault-address" if "vault-address" in parsed.pod else "inject"
             if where == "inject":
                 message = f"the injector's default vault.address is rejected: {message}"
@@ -305,6 +308,10 @@ def _credential(
                 check_url(str(credential[key]), allow_http=allow_http, what=key)
             except ValueError as exc:
                 message = str(exc).removeprefix(f"{key}: ")
+                message = message.replace(
+                    "set allow_insecure_http: true",
+                    f'set {annotation("allow-insecure-http", name)}: "true"',
+                )
                 problems.append(Problem(annotation(ANNOTATION_FOR_FIELD[key], name), message))
                 return credential
     try:
