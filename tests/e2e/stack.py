@@ -188,24 +188,36 @@ class Vault:
         if f"{self.auth_mount}/" not in mounts:
             self._bao(["auth", "enable", f"-path={self.auth_mount}", "kubernetes"], None)
         self._bao(["write", f"auth/{self.auth_mount}/config", *kubernetes_config], None)
+        self._role(VAULT_ROLE, SERVICE_ACCOUNT, APP_NAMESPACE, VAULT_POLICY)
+
+    def grant(self, role: str, service_account: str, namespace: str, kv_path: str) -> str:
+        """Another app's access, after :meth:`configure`: the shipped policy adapted to
+        ``kv_path`` (named ``<role>-tokens``) and a role binding the service account to it.
+        Returns the policy's name."""
+        policy = f"{role}-tokens"
+        self._bao(["policy", "write", policy, "-"], adapted_policy(kv_path))
+        self._role(role, service_account, namespace, policy)
+        return policy
+
+    def _role(self, role: str, service_account: str, namespace: str, policy: str) -> None:
         self._bao(
             [
                 "write",
-                f"auth/{self.auth_mount}/role/{VAULT_ROLE}",
-                f"bound_service_account_names={SERVICE_ACCOUNT}",
-                f"bound_service_account_namespaces={APP_NAMESPACE}",
+                f"auth/{self.auth_mount}/role/{role}",
+                f"bound_service_account_names={service_account}",
+                f"bound_service_account_namespaces={namespace}",
                 f"audience={AUDIENCE}",
-                f"token_policies={VAULT_POLICY}",
+                f"token_policies={policy}",
                 "token_ttl=1h",
             ],
             None,
         )
 
-    def put(self, data: Mapping[str, str]) -> int:
+    def put(self, data: Mapping[str, str], kv_path: str = KV_PATH) -> int:
         """Write the secret (fields as JSON on stdin); returns the new version."""
         answer = json.loads(
             self._bao(
-                ["kv", "put", "-format=json", f"-mount={KV_MOUNT}", KV_PATH, "-"], json.dumps(data)
+                ["kv", "put", "-format=json", f"-mount={KV_MOUNT}", kv_path, "-"], json.dumps(data)
             )
         )
         return int(answer["data"]["version"])
@@ -222,10 +234,10 @@ class Vault:
         )
         return int(answer["data"]["version"])
 
-    def read(self) -> tuple[dict[str, Any], int]:
+    def read(self, kv_path: str = KV_PATH) -> tuple[dict[str, Any], int]:
         """The secret's latest ``(data, version)``."""
         answer = json.loads(
-            self._bao(["kv", "get", "-format=json", f"-mount={KV_MOUNT}", KV_PATH], None)
+            self._bao(["kv", "get", "-format=json", f"-mount={KV_MOUNT}", kv_path], None)
         )
         return dict(answer["data"]["data"]), int(answer["data"]["metadata"]["version"])
 

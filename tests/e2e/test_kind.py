@@ -25,7 +25,11 @@ What it proves, step by step:
    runbook says (``kv patch ... refresh_token=-``), a ``Normal`` ``TokenRecovered`` Event
    follows and the app reads a fresh token again;
 8. ``token-sidecar check`` passes inside the pod and ``helm test`` (or the chart's test Pod,
-   without a helm binary) reaches /readyz through the Service.
+   without a helm binary) reaches /readyz through the Service;
+9. the injector (the release's ``injector.enabled``): an annotated Deployment in an opted-in
+   namespace enforcing "restricted" gets the sidecar as a native sidecar, logs in with its own
+   service account and role, and its app reads a valid token from its own grant; a pod with a
+   bad annotation is refused naming the annotation (``tests/e2e/injection.py``).
 
 Skips, naming what is missing, without a Docker engine, kind or kubectl. Environment knobs:
 ``TOKEN_SIDECAR_E2E_NODE_IMAGE`` (kind node image, Kubernetes >= 1.29),
@@ -50,7 +54,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e import stack
+from tests.e2e import injection, stack
 from tests.e2e.kind import (
     E2EError,
     KindCluster,
@@ -132,6 +136,24 @@ def diagnostics_on_failure(kubectl: Kubectl) -> Iterator[None]:
             ("get", "events", "--all-namespaces", "--sort-by=.lastTimestamp"),
             ("describe", "pods", "--namespace", stack.APP_NAMESPACE),
             ("describe", "pods", "--namespace", stack.INFRA_NAMESPACE),
+            ("describe", "pods", "--namespace", injection.NAMESPACE),
+            ("describe", "replicasets", "--namespace", injection.NAMESPACE),
+            (
+                "logs",
+                "--namespace",
+                stack.APP_NAMESPACE,
+                f"deployment/{injection.INJECTOR_DEPLOYMENT}",
+                "--tail=100",
+            ),
+            (
+                "logs",
+                "--namespace",
+                injection.NAMESPACE,
+                f"deployment/{injection.DEPLOYMENT}",
+                "--all-containers",
+                "--prefix",
+                "--tail=200",
+            ),
             (
                 "logs",
                 "--namespace",
@@ -162,20 +184,24 @@ def diagnostics_on_failure(kubectl: Kubectl) -> Iterator[None]:
         raise
 
 
-def _read_app_file(kubectl: Kubectl, pod: str, name: str) -> str:
+def _read_app_file(
+    kubectl: Kubectl, pod: str, name: str, namespace: str = stack.APP_NAMESPACE
+) -> str:
     return kubectl.exec(
-        stack.APP_NAMESPACE, pod, stack.APP_CONTAINER, ["cat", f"{stack.TOKEN_DIR}/{name}"]
+        namespace, pod, stack.APP_CONTAINER, ["cat", f"{stack.TOKEN_DIR}/{name}"]
     ).stdout
 
 
-def _read_token(kubectl: Kubectl, pod: str) -> dict[str, object]:
+def _read_token(
+    kubectl: Kubectl, pod: str, namespace: str = stack.APP_NAMESPACE
+) -> dict[str, object]:
     """token.json as the app reads it, and access_token agreeing with it (the sidecar writes
     token.json first, so a refresh between the two reads is retried)."""
 
     def consistent() -> dict[str, object] | None:
-        token = json.loads(_read_app_file(kubectl, pod, "token.json"))
+        token = json.loads(_read_app_file(kubectl, pod, "token.json", namespace))
         register_secret(str(token.get("access_token", "")))
-        alone = _read_app_file(kubectl, pod, "access_token")
+        alone = _read_app_file(kubectl, pod, "access_token", namespace)
         return token if alone == token.get("access_token") else None
 
     return wait_until("token.json and access_token to agree", consistent, timeout=30, interval=1)
@@ -361,6 +387,50 @@ def _assert_events_on_rejection_and_recovery(
     assert not problems, problems
 
 
+def _assert_injector_adds_the_sidecar(kubectl: Kubectl, vault: stack.Vault, idp: stack.Idp) -> None:
+    kubectl.rollout_status(
+        stack.APP_NAMESPACE, f"deployment/{injection.INJECTOR_DEPLOYMENT}", timeout=180
+    )
+    vault.grant(
+        injection.VAULT_ROLE, injection.SERVICE_ACCOUNT, injection.NAMESPACE, injection.KV_PATH
+    )
+    shared, _ = vault.read()  # the client's credentials, as the operator seeded them
+    vault.put(
+        {
+            "refresh_token": idp.seed().refresh_token,
+            "client_id": str(shared["client_id"]),
+            "client_secret": register_secret(str(shared["client_secret"])),
+        },
+        kv_path=injection.KV_PATH,
+    )
+    kubectl.apply(injection.objects())
+    kubectl.rollout_status(injection.NAMESPACE, f"deployment/{injection.DEPLOYMENT}", timeout=300)
+    pod = injection.app_pod(kubectl)
+    assert injection.injection_problems(pod) == []
+    problems, _ = stack.native_order_problems(pod)
+    assert not problems, problems
+    name = str(pod["metadata"]["name"])
+    logs = kubectl(
+        "logs", "--namespace", injection.NAMESPACE, name, "--container", stack.APP_CONTAINER
+    ).stdout
+    assert logs.splitlines()[:1] == [stack.APP_TOKEN_PRESENT], logs[:200]
+    token = _read_token(kubectl, name, injection.NAMESPACE)
+    problems = stack.token_problems(token, now=datetime.now(UTC))
+    assert not problems, problems
+    status, userinfo = idp.userinfo(str(token["access_token"]))
+    assert (status, userinfo) == (200, {"sub": stack.ACCOUNT}), (status, userinfo)
+
+    refused = kubectl(
+        "apply",
+        "--filename",
+        "-",
+        stdin=yaml.safe_dump(injection.denied_pod()),
+        check=False,
+    )
+    assert refused.returncode != 0, "a pod with a bad annotation was admitted"
+    assert injection.BAD_ANNOTATION in refused.stderr, redact(refused.stderr)[-2000:]
+
+
 def test_chart_in_kind(cluster: KindCluster, image_tag: str) -> None:
     kubectl = cluster.kubectl
     installer = _installer()
@@ -372,7 +442,7 @@ def test_chart_in_kind(cluster: KindCluster, image_tag: str) -> None:
         )
         vault, idp, grant, seeded_version = _start_infra(kubectl)
 
-        values = stack.chart_values(image_tag)
+        values = {**stack.chart_values(image_tag), **injection.injector_values()}
         pod_name = _install_chart(kubectl, installer, values)
 
         _assert_app_started_after_first_token(kubectl, pod_name)
@@ -396,6 +466,7 @@ def test_chart_in_kind(cluster: KindCluster, image_tag: str) -> None:
             seeded_version=seeded_version,
             first_token=token,
         )
+        _assert_injector_adds_the_sidecar(kubectl, vault, idp)
         _assert_events_on_rejection_and_recovery(kubectl, vault, idp, pod_name, grant)
 
         # The chart's own test (/readyz through the Service), and nothing restarted meanwhile.

@@ -20,7 +20,7 @@ import httpx
 import hvac
 import pytest
 
-from tests.e2e import stack
+from tests.e2e import injection, stack
 from tests.e2e.kind import run
 from tests.support.idp import IdpServer, find_node
 from tests.support.openbao import OpenBaoServer
@@ -91,6 +91,42 @@ def test_vault_setup_gives_the_role_exactly_the_secret(
     with pytest.raises(hvac.exceptions.Forbidden):
         kv.read_secret_version(
             "apps/other/billing", mount_point=stack.KV_MOUNT, raise_on_deleted_version=True
+        )
+    app.adapter.close()
+
+
+def test_grant_gives_the_injected_apps_role_exactly_its_secret(
+    vault: stack.Vault, openbao: OpenBaoServer, tmp_path: Path
+) -> None:
+    ca_file = TlsMaterial(tmp_path).ca
+    vault.configure(
+        (
+            f"kubernetes_host={stack.KUBERNETES_HOST}",
+            f"kubernetes_ca_cert=@{ca_file}",
+            "disable_local_ca_jwt=true",
+        )
+    )
+    policy = vault.grant(
+        injection.VAULT_ROLE, injection.SERVICE_ACCOUNT, injection.NAMESPACE, injection.KV_PATH
+    )
+    root = openbao.root_client()
+    role = root.read(f"auth/{LOCAL_AUTH_MOUNT}/role/{injection.VAULT_ROLE}")["data"]
+    assert role["bound_service_account_names"] == [injection.SERVICE_ACCOUNT]
+    assert role["bound_service_account_namespaces"] == [injection.NAMESPACE]
+    assert role["audience"] == stack.AUDIENCE
+    assert role["token_policies"] == [policy]
+    version = vault.put({"refresh_token": "rt-injected"}, kv_path=injection.KV_PATH)
+    assert vault.read(injection.KV_PATH) == ({"refresh_token": "rt-injected"}, version)
+
+    app = hvac.Client(url=openbao.address, token=openbao.create_token([policy]))
+    kv = app.secrets.kv.v2
+    read = kv.read_secret_version(
+        injection.KV_PATH, mount_point=stack.KV_MOUNT, raise_on_deleted_version=True
+    )
+    assert read["data"]["data"]["refresh_token"] == "rt-injected"
+    with pytest.raises(hvac.exceptions.Forbidden):  # not the chart's app's secret
+        kv.read_secret_version(
+            stack.KV_PATH, mount_point=stack.KV_MOUNT, raise_on_deleted_version=True
         )
     app.adapter.close()
 
