@@ -13,6 +13,7 @@ import contextlib
 import signal
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -24,13 +25,16 @@ from sidecar.adapters.server import HealthServer
 from sidecar.adapters.sink import FileSink
 from sidecar.adapters.vault import VaultSecretStore, VaultSession
 from sidecar.backoff import BackoffPolicy
+from sidecar.client_auth import ClientTemplate, client_credentials
+from sidecar.client_grant import ClientCredentialsLoop
 from sidecar.clock import SystemClock
 from sidecar.config import CoordinationConfig, CredentialConfig, RefreshConfig, Settings
 from sidecar.coordination import CoordinationPolicy
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.metrics import Metrics
+from sidecar.model import StoredSecret
 from sidecar.ports import Clock, RefreshObserver
-from sidecar.refresher import ClientTemplate, Refresher, RefreshPolicy, client_credentials
+from sidecar.refresher import Refresher, RefreshPolicy
 from sidecar.schedule import SchedulePolicy
 from sidecar.status import StatusBoard
 
@@ -73,19 +77,23 @@ class CheckResult:
     detail: str
 
 
-def _read_private_key(credential: CredentialConfig) -> str | None:
-    if credential.private_key_file is None:
+#: A credential's loop: the refresher for refresh tokens, a simpler one for client_credentials.
+Loop = Refresher | ClientCredentialsLoop
+
+
+def _read_file(credential: CredentialConfig, key: str, path: Path | None) -> str | None:
+    """A key or secret file's text, read at start; None when not configured."""
+    if path is None:
         return None
     try:
-        return credential.private_key_file.read_text(encoding="ascii")
+        text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not ASCII PEM"
+        reason = getattr(exc, "strerror", None) or "not ASCII"
         raise ConfigError(
-            [
-                f"credentials.{credential.name}.private_key_file: cannot read "
-                f"{credential.private_key_file} ({reason})"
-            ]
+            [f"credentials.{credential.name}.{key}: cannot read {path} ({reason})"]
         ) from exc
+    # A mounted Secret file often ends with a newline the value never had.
+    return text.strip() if key == "client_secret_file" else text
 
 
 class App:
@@ -128,18 +136,40 @@ class App:
             ),
         )
         self.policy = refresh_policy(settings)
-        self.refreshers = [self._refresher(c) for c in settings.credentials]
+        self.endpoints: list[TokenEndpoint] = []
+        self.refreshers: list[Loop] = [self._refresher(c) for c in settings.credentials]
 
-    def _refresher(self, credential: CredentialConfig) -> Refresher:
+    def _refresher(self, credential: CredentialConfig) -> Loop:
+        status = self.board.add(
+            credential.name,
+            required=credential.required,
+            grant=credential.grant,
+            client_auth=credential.client_auth,
+        )
+        sink = FileSink(
+            credential.output_dir, mode=credential.file_mode, group=credential.file_group
+        )
+        store = self._store(credential)
+        if credential.grant == "client_credentials":
+            return ClientCredentialsLoop(
+                store=store,
+                exchanger=self._endpoint(credential),
+                sink=sink,
+                client=client_template(credential),
+                status=status,
+                clock=self.clock,
+                stop=self.stop,
+                policy=self.policy,
+                observer=self.observer,
+            )
+        assert store is not None  # noqa: S101  # config requires kv_path for refresh_token
         journal_dir = self.settings.journal.dir
         return Refresher(
-            store=VaultSecretStore(self.vault, credential.kv_mount, credential.kv_path),
+            store=store,
             exchanger=self._endpoint(credential),
-            sink=FileSink(
-                credential.output_dir, mode=credential.file_mode, group=credential.file_group
-            ),
+            sink=sink,
             client=client_template(credential),
-            status=self.board.add(credential.name, required=credential.required),
+            status=status,
             clock=self.clock,
             stop=self.stop,
             holder=self.settings.coordination.holder,
@@ -149,11 +179,24 @@ class App:
         )
 
     def _endpoint(self, credential: CredentialConfig) -> TokenEndpoint:
-        return TokenEndpoint(
+        endpoint = TokenEndpoint(
             credential,
             self.http,
             clock=self.clock,
             max_response_bytes=self.settings.http.max_response_bytes,
+            ca_cert=self.settings.http.ca_cert,
+        )
+        self.endpoints.append(endpoint)
+        return endpoint
+
+    def _store(self, credential: CredentialConfig) -> VaultSecretStore | None:
+        if credential.kv_path is None:
+            return None
+        return VaultSecretStore(
+            self.vault,
+            credential.kv_mount,
+            credential.kv_path,
+            needs_refresh_token=credential.grant == "refresh_token",
         )
 
     # -- run --------------------------------------------------------------------------
@@ -178,7 +221,7 @@ class App:
         )
         try:
             with self._signals():
-                await self._supervise(Refresher.run)
+                await self._supervise(lambda loop: loop.run())
         finally:
             await server.close()
             await self.close()
@@ -189,7 +232,7 @@ class App:
         """One refresh per credential; 0 when every one succeeded, else 1."""
         failed: list[str] = []
 
-        async def one(refresher: Refresher) -> None:
+        async def one(refresher: Loop) -> None:
             try:
                 await refresher.once()
             except SidecarError as exc:
@@ -209,7 +252,7 @@ class App:
 
     async def _supervise(
         self,
-        work: Callable[[Refresher], Coroutine[Any, Any, None]],
+        work: Callable[[Loop], Coroutine[Any, Any, None]],
         *,
         stop_when_done: bool = False,
     ) -> None:
@@ -256,6 +299,8 @@ class App:
                 loop.remove_signal_handler(sig)
 
     async def close(self) -> None:
+        for endpoint in self.endpoints:
+            await endpoint.aclose()
         await self.http.aclose()
         await self.vault.aclose()
         if self.events is not None:
@@ -267,47 +312,58 @@ class App:
         """Log in, read every secret, reach every endpoint; exchange nothing."""
         results: list[CheckResult] = []
         auth = self.settings.vault.auth
-        try:
-            await self.vault.login()
-        except SidecarError as exc:
-            results.append(CheckResult("vault", ok=False, detail=exc.message))
-            await self.close()
-            return results
-        results.append(
-            CheckResult(
-                "vault", ok=True, detail=f"logged in with {auth.method} at auth/{auth.mount_path}"
+        if any(c.kv_path is not None for c in self.settings.credentials):
+            try:
+                await self.vault.login()
+            except SidecarError as exc:
+                results.append(CheckResult("vault", ok=False, detail=exc.message))
+                await self.close()
+                return results
+            results.append(
+                CheckResult(
+                    "vault",
+                    ok=True,
+                    detail=f"logged in with {auth.method} at auth/{auth.mount_path}",
+                )
             )
-        )
         for credential in self.settings.credentials:
-            subject = f"credential {credential.name}"
-            store = VaultSecretStore(self.vault, credential.kv_mount, credential.kv_path)
-            try:
-                secret = await store.read()
-                client_credentials(client_template(credential), secret)
-                results.append(
-                    CheckResult(
-                        subject, ok=True, detail=f"secret {secret.location} v{secret.version}"
-                    )
-                )
-            except SidecarError as exc:
-                results.append(CheckResult(subject, ok=False, detail=exc.message))
-            endpoint = self._endpoint(credential)
-            target = credential.issuer or credential.token_endpoint
-            try:
-                await endpoint.probe()
-                results.append(CheckResult(subject, ok=True, detail=f"reached {target}"))
-            except SidecarError as exc:
-                results.append(CheckResult(subject, ok=False, detail=exc.message))
-            try:
-                FileSink(credential.output_dir, mode=credential.file_mode).prepare()
-                results.append(
-                    CheckResult(
-                        subject, ok=True, detail=f"output_dir {credential.output_dir} usable"
-                    )
-                )
-            except SidecarError as exc:
-                results.append(CheckResult(subject, ok=False, detail=exc.message))
+            results += await self._check_credential(credential)
         await self.close()
+        return results
+
+    async def _check_credential(self, credential: CredentialConfig) -> list[CheckResult]:
+        subject = f"credential {credential.name}"
+        results: list[CheckResult] = []
+        client = None
+        try:
+            store = self._store(credential)
+            secret: StoredSecret | None = None
+            if store is not None:
+                secret = await store.read()
+            client = client_credentials(client_template(credential), secret)
+            detail = (
+                f"secret {secret.location} v{secret.version}"
+                if secret is not None
+                else "client credentials from configuration and files"
+            )
+            results.append(CheckResult(subject, ok=True, detail=detail))
+        except SidecarError as exc:
+            results.append(CheckResult(subject, ok=False, detail=exc.message))
+        endpoint = self._endpoint(credential)
+        target = credential.issuer or credential.token_endpoint
+        try:
+            await endpoint.probe(client)
+            certificate = " with the client certificate" if client and client.certificate else ""
+            results.append(CheckResult(subject, ok=True, detail=f"reached {target}{certificate}"))
+        except SidecarError as exc:
+            results.append(CheckResult(subject, ok=False, detail=exc.message))
+        try:
+            FileSink(credential.output_dir, mode=credential.file_mode).prepare()
+            results.append(
+                CheckResult(subject, ok=True, detail=f"output_dir {credential.output_dir} usable")
+            )
+        except SidecarError as exc:
+            results.append(CheckResult(subject, ok=False, detail=exc.message))
         return results
 
 
@@ -357,7 +413,10 @@ def client_template(credential: CredentialConfig) -> ClientTemplate:
     return ClientTemplate(
         method=credential.client_auth,
         client_id=credential.client_id,
-        private_key=_read_private_key(credential),
+        private_key=_read_file(credential, "private_key_file", credential.private_key_file),
         signing_alg=credential.signing_alg,
         key_id=credential.key_id,
+        client_secret=_read_file(credential, "client_secret_file", credential.client_secret_file),
+        cert_file=credential.client_cert_file,
+        key_file=credential.client_key_file,
     )

@@ -39,7 +39,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from sidecar.model import ClientAuthMethod
+from sidecar.model import TLS_AUTH_METHODS, ClientAuthMethod, GrantType
 
 __all__ = [
     "CoordinationConfig",
@@ -152,15 +152,21 @@ class VaultConfig(_Section):
 
 
 class CredentialConfig(_Section):
-    """One OAuth client: where its refresh token lives, whom to ask, where to write."""
+    """One OAuth client: where its credentials live, whom to ask, where to write."""
 
     name: str
     """Name used in metric labels, logs and file names: 1-63 of a-z, 0-9 and '-'. No default."""
+    grant: GrantType = "refresh_token"
+    """``refresh_token`` (the secret holds one, RFC 6749 section 6) or ``client_credentials``
+    (the client authenticates as itself, section 4.4). Default ``refresh_token``, what every
+    configuration written before the choice existed means."""
     kv_mount: str = "secret"
     """KV version 2 mount. Default ``secret``, Vault's dev-mode mount."""
-    kv_path: Annotated[str, Field(min_length=1)]
-    """Path of the secret under the mount. No default. Its fields: ``refresh_token``
-    (required), ``client_id``, ``client_secret``, ``private_key``."""
+    kv_path: Annotated[str, Field(min_length=1)] | None = None
+    """Path of the secret under the mount. Its fields: ``refresh_token`` (required for that
+    grant), ``client_id``, ``client_secret``, ``private_key``, ``client_cert``,
+    ``client_key``. No default: required for ``refresh_token``; optional for
+    ``client_credentials``, whose client may come wholly from configuration and files."""
     token_endpoint: str | None = None
     """Token endpoint URL. No default; set exactly one of this and ``issuer``."""
     issuer: str | None = None
@@ -171,8 +177,19 @@ class CredentialConfig(_Section):
     client_auth: ClientAuthMethod = "client_secret_basic"
     """Client authentication. Default ``client_secret_basic``, the one RFC 6749 requires every
     server to support."""
+    client_secret_file: Path | None = None
+    """``client_secret_basic``/``_post``: file holding the client secret, read at start.
+    Default: the secret's ``client_secret`` field."""
     private_key_file: Path | None = None
     """``private_key_jwt``: PEM key file. Default: the secret's ``private_key`` field."""
+    client_cert_file: Path | None = None
+    """Mutual TLS (RFC 8705): PEM client certificate (chain), read again before every exchange
+    so a renewed one is used at once. Required by ``tls_client_auth`` and
+    ``self_signed_tls_client_auth``; with any other method it binds tokens to the
+    certificate. Default: the secret's ``client_cert`` field."""
+    client_key_file: Path | None = None
+    """PEM private key of ``client_cert_file`` (unencrypted), set together with it. Default:
+    the secret's ``client_key`` field."""
     signing_alg: Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"] = "RS256"
     """``private_key_jwt``: signature algorithm. Default RS256, the one every server accepts."""
     key_id: str | None = None
@@ -206,7 +223,9 @@ class CredentialConfig(_Section):
 
     @field_validator("kv_mount", "kv_path")
     @classmethod
-    def _trim_slashes(cls, value: str) -> str:
+    def _trim_slashes(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         trimmed = value.strip("/")
         if not trimmed:
             raise ValueError("must not be empty")
@@ -241,9 +260,47 @@ class CredentialConfig(_Section):
                     check_url(url, allow_http=self.allow_insecure_http, what=what)
                 except ValueError as exc:
                     problems.append(str(exc))
+        problems += _client_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _client_problems(c: CredentialConfig) -> list[str]:
+    """What cannot work between the grant, the client authentication and their sources."""
+    problems: list[str] = []
+    method = c.client_auth
+    if c.grant == "refresh_token" and c.kv_path is None:
+        problems.append("kv_path: required for grant refresh_token (Vault holds the token)")
+    if c.grant == "client_credentials" and method == "none":
+        problems.append(
+            "client_auth: none cannot work with grant client_credentials, which needs client "
+            "authentication (RFC 6749 §4.4)"
+        )
+    if (c.client_cert_file is None) != (c.client_key_file is None):
+        problems.append("client_key_file: set client_cert_file and client_key_file together")
+    elif method in TLS_AUTH_METHODS and c.client_cert_file is None and c.kv_path is None:
+        problems.append(
+            f"client_cert_file: client_auth {method} needs a certificate: client_cert_file and "
+            "client_key_file, or kv_path with client_cert and client_key fields"
+        )
+    if (method in TLS_AUTH_METHODS or c.client_cert_file) and (c.token_endpoint or "").startswith(
+        "http:"
+    ):
+        problems.append("token_endpoint: a client certificate is only sent over https://")
+    if c.client_secret_file is not None and method not in (
+        "client_secret_basic",
+        "client_secret_post",
+    ):
+        problems.append(f"client_secret_file: not used by client_auth {method}")
+    if c.kv_path is None and c.grant == "client_credentials":
+        if not c.client_id:
+            problems.append("client_id: required without kv_path")
+        if method in ("client_secret_basic", "client_secret_post") and not c.client_secret_file:
+            problems.append(f"client_secret_file: required for {method} without kv_path")
+        if method == "private_key_jwt" and not c.private_key_file:
+            problems.append("private_key_file: required for private_key_jwt without kv_path")
+    return problems
 
 
 class ServerConfig(_Section):

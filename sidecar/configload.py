@@ -158,7 +158,22 @@ def _is_validator_name(part: int | str) -> bool:
 _RULES: dict[type[BaseModel], tuple[tuple[str, ...], ...]] = {
     VaultAuthConfig: (("method", "role", "role_id_file", "secret_id_file"),),
     VaultConfig: (("address", "allow_insecure_http"),),
-    CredentialConfig: (("token_endpoint", "issuer", "allow_insecure_http"),),
+    CredentialConfig: (
+        ("token_endpoint", "issuer", "allow_insecure_http"),
+        (
+            "grant",
+            "kv_path",
+            "client_auth",
+            "client_id",
+            "client_secret_file",
+            "private_key_file",
+            "client_cert_file",
+            "client_key_file",
+            "token_endpoint",
+            "issuer",
+            "allow_insecure_http",
+        ),
+    ),
     RefreshConfig: (
         ("min_expires_in", "max_expires_in"),
         ("min_expires_in", "max_expires_in", "default_expires_in"),
@@ -179,7 +194,8 @@ def _rule_problems(model: type[BaseModel], raw: Any, loc: tuple[int | str, ...])
         return []
     problems: list[str] = []
     for keys in _RULES[model]:
-        subset = {**_STAND_INS.get(model, {}), **{k: raw[k] for k in keys if k in raw}}
+        stand_ins = {k: v for k, v in _STAND_INS.get(model, {}).items() if k not in keys}
+        subset = {**stand_ins, **{k: raw[k] for k in keys if k in raw}}
         for _ in range(2):
             try:
                 model.model_validate(subset)

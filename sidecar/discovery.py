@@ -29,6 +29,9 @@ class DiscoveryInfo:
     scopes_supported: tuple[str, ...] | None = None
     """The operator commands (``seed``, ``retire``) use these four; the endpoints are as the
     document gives them and checked with :func:`sidecar.config.check_url` where used."""
+    mtls_token_endpoint: str | None = None
+    """``mtls_endpoint_aliases.token_endpoint`` (RFC 8705 §5): where a client that presents a
+    certificate must go instead; ``None`` when the server names no alias."""
 
 
 def discovery_urls(issuer: str) -> tuple[str, str]:
@@ -60,8 +63,9 @@ def parse_discovery(
     hint, since the configured value must be the server's own identifier.
 
     Raises MalformedResponse (not a JSON object, missing fields: possibly a proxy's page,
-    worth retrying) or ClientRejected (``issuer`` mismatch, an insecure ``token_endpoint``:
-    configuration, final), both with messages naming the key.
+    worth retrying) or ClientRejected (``issuer`` mismatch, an insecure ``token_endpoint`` or
+    ``mtls_endpoint_aliases.token_endpoint``: configuration, final), both with messages naming
+    the key.
     """
     data = json_object(body)
     if data is None:
@@ -92,6 +96,7 @@ def parse_discovery(
     return DiscoveryInfo(
         token_endpoint=endpoint,
         token_endpoint_auth_methods_supported=supported,
+        mtls_token_endpoint=_mtls_alias(data),
         authorization_endpoint=_optional_text(data, "authorization_endpoint"),
         device_authorization_endpoint=_optional_text(data, "device_authorization_endpoint"),
         revocation_endpoint=_optional_text(data, "revocation_endpoint"),
@@ -108,3 +113,28 @@ def _strings(value: object) -> tuple[str, ...] | None:
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return tuple(value)
     return None
+
+
+def _mtls_alias(data: dict[str, object]) -> str | None:
+    """``mtls_endpoint_aliases.token_endpoint``, checked: https only (RFC 8705 §5)."""
+    aliases = data.get("mtls_endpoint_aliases")
+    alias = aliases.get("token_endpoint") if isinstance(aliases, dict) else None
+    if alias is None:
+        return None
+    if not isinstance(alias, str):
+        raise MalformedResponse(
+            "issuer: the discovery document's mtls_endpoint_aliases.token_endpoint is not a string"
+        )
+    if not alias.startswith("https://"):  # a certificate is only ever sent over TLS
+        raise ClientRejected(
+            "issuer: the discovery document's mtls_endpoint_aliases.token_endpoint: must be "
+            "an absolute https:// URL",
+            oauth_error="insecure_token_endpoint",
+        )
+    try:
+        check_url(alias, allow_http=False, what="mtls_endpoint_aliases.token_endpoint")
+    except ValueError as exc:
+        raise ClientRejected(
+            f"issuer: the discovery document's {exc}", oauth_error="insecure_token_endpoint"
+        ) from exc
+    return alias

@@ -21,6 +21,8 @@ boundary with ``raise ... from exc``; the core decides what to do from the class
         ├── InvalidGrant             refresh token rejected (invalid_grant): never present it again
         ├── ResponseLostTwice        the retry's answer was lost too: the token may be spent
         ├── ClientRejected           invalid_client, unauthorized_client, invalid_scope, ...
+        ├── ClientCertificateInvalid the TLS client certificate or key is unreadable, expired,
+        │                            not yet valid or mismatched (read again at the next try)
         ├── VaultPermissionDenied    403 after a fresh login
         ├── VaultAuthFailed          login refused (role, JWT, AppRole credentials)
         ├── SecretNotFound           no secret at the KV path
@@ -41,6 +43,7 @@ __all__ = [
     "AuthorizationExpired",
     "CasConflict",
     "ClaimExpired",
+    "ClientCertificateInvalid",
     "ClientRejected",
     "ConfigError",
     "FinalError",
@@ -165,6 +168,12 @@ class ClientRejected(FinalError):
     def __init__(self, message: str, *, oauth_error: str = "invalid_client") -> None:
         super().__init__(message)
         self.oauth_error = oauth_error
+
+
+class ClientCertificateInvalid(FinalError):
+    """The message names the file or secret field, never the certificate's or key's text."""
+
+    kind = "client_certificate"
 
 
 class VaultPermissionDenied(FinalError):

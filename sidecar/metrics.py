@@ -32,6 +32,7 @@ always agrees with ``/healthz``):
 * ``token_sidecar_state{credential,state}``: 1 for the credential's current phase, 0 otherwise;
 * ``token_sidecar_token_valid{credential}``: 1 while the published token is unexpired (the
   token-availability SLI samples it), and ``token_sidecar_credential_required{credential}``;
+* ``token_sidecar_credential_info{credential,grant,client_auth}``: always 1, to join on;
 * ``token_sidecar_build_info{version}``: always 1.
 
 Series whose value is unknown (no token yet) are left out rather than reported as 0, which
@@ -153,6 +154,11 @@ class _StatusCollector:
             "1 for the credential's current state, 0 for the others.",
             labels=["credential", "state"],
         )
+        families["credential_info"] = GaugeMetricFamily(
+            PREFIX + "credential_info",
+            "The credential's grant and client authentication method; always 1.",
+            labels=["credential", "grant", "client_auth"],
+        )
         return families
 
     def describe(self) -> Iterator[Metric]:
@@ -173,6 +179,7 @@ class _StatusCollector:
             families["credential_required"].add_metric([name], float(status.required))
             for phase in Phase:
                 families["state"].add_metric([name, phase.value], float(status.phase is phase))
+            families["credential_info"].add_metric([name, status.grant, status.client_auth], 1.0)
         yield from families.values()
 
 

@@ -9,18 +9,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "TLS_AUTH_METHODS",
     "ClientAuthMethod",
+    "ClientCertificate",
     "ClientCredentials",
+    "GrantType",
     "JournalEntry",
     "PublishedToken",
     "StoredSecret",
     "TokenGrant",
 ]
 
-ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+ClientAuthMethod = Literal[
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+    "tls_client_auth",
+    "self_signed_tls_client_auth",
+    "none",
+]
+#: RFC 8705 §2: the client authenticates with the certificate of the TLS connection.
+TLS_AUTH_METHODS: frozenset[str] = frozenset({"tls_client_auth", "self_signed_tls_client_auth"})
+GrantType = Literal["refresh_token", "client_credentials"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +45,33 @@ class StoredSecret:
     """``mount/path``, for messages; not a secret."""
     version: int
     refresh_token: str = field(repr=False)
+    """Empty for a ``client_credentials`` credential, whose secret holds no refresh token."""
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
     private_key: str | None = field(default=None, repr=False)
     """PEM private key for ``private_key_jwt``, when the secret carries one."""
+    client_cert: str | None = None
+    """PEM client certificate (chain) for mutual TLS, when the secret carries one."""
+    client_key: str | None = field(default=None, repr=False)
+    """PEM private key of ``client_cert``."""
     data: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """Every field of the secret; a write-back keeps the ones it does not change."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """The TLS client certificate and its key: two PEM files, or two fields of the secret.
+
+    Files are read again before every exchange (a mounted Secret or cert-manager replaces
+    them); ``source`` names where the PEM text came from, for messages.
+    """
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    cert_pem: str | None = None
+    key_pem: str | None = field(default=None, repr=False)
+    source: str = ""
+    """``client_cert_file``/``client_key_file`` or ``secret <location> fields ...``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +84,9 @@ class ClientCredentials:
     private_key: str | None = field(default=None, repr=False)
     signing_alg: str = "RS256"
     key_id: str | None = None
+    certificate: ClientCertificate | None = None
+    """Presented in the TLS handshake (RFC 8705): required by the ``tls_*`` methods, and with
+    any method it binds the access tokens to the certificate (``cnf.x5t#S256``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,19 @@
 Everything here is a pure function of its arguments, tested with literal payloads; the httpx
 adapter (:mod:`sidecar.adapters.exchange`) only moves bytes.
 
-Request (RFC 6749 §6): ``grant_type=refresh_token`` with optional ``scope``, repeated
-``resource`` (RFC 8707) and ``audience``, plus client authentication:
+Requests: ``grant_type=refresh_token`` (RFC 6749 §6) or ``grant_type=client_credentials``
+(RFC 6749 §4.4), with optional ``scope``, repeated ``resource`` (RFC 8707) and ``audience``,
+plus client authentication:
 
 - ``client_secret_basic``: ``Authorization: Basic`` over the form-urlencoded client_id and
   secret (RFC 6749 §2.3.1);
 - ``client_secret_post``: ``client_id`` and ``client_secret`` in the body;
 - ``private_key_jwt``: ``client_id``, ``client_assertion_type`` and ``client_assertion``
   (RFC 7523 §2.2);
-- ``none``: ``client_id`` in the body.
+- ``tls_client_auth``, ``self_signed_tls_client_auth`` (RFC 8705 §2): ``client_id`` in the
+  body; the proof is the certificate of the TLS connection, which the adapter presents;
+- ``none``: ``client_id`` in the body (never for ``client_credentials``: RFC 6749 §4.4 is for
+  confidential clients only).
 
 A secret method without a ``client_secret`` (or ``private_key_jwt`` without an assertion)
 raises :class:`ClientRejected` with ``oauth_error="invalid_client"``: the client credentials
@@ -64,7 +68,7 @@ from sidecar.errors import (
     MalformedResponse,
     TokenEndpointUnavailable,
 )
-from sidecar.model import ClientCredentials, TokenGrant
+from sidecar.model import TLS_AUTH_METHODS, ClientCredentials, GrantType, TokenGrant
 from sidecar.retry_after import parse_retry_after
 
 __all__ = [
@@ -72,6 +76,7 @@ __all__ = [
     "OAuthErrorBody",
     "TokenRequest",
     "authenticated_request",
+    "build_client_credentials_request",
     "build_refresh_request",
     "json_object",
     "parse_error_body",
@@ -161,6 +166,33 @@ def build_refresh_request(
     return authenticated_request(form, client, client_assertion=client_assertion)
 
 
+def build_client_credentials_request(
+    client: ClientCredentials,
+    *,
+    scope: str | None = None,
+    resource: list[str] | tuple[str, ...] = (),
+    audience: str | None = None,
+    client_assertion: str | None = None,
+) -> TokenRequest:
+    """The RFC 6749 §4.4.2 client credentials request for ``client``'s authentication method.
+
+    Raises ClientRejected (``invalid_client``) as :func:`build_refresh_request` does, and also
+    for ``none``: a public client cannot use this grant.
+    """
+    if client.method == "none":
+        raise ClientRejected(
+            "grant client_credentials needs client authentication; client_auth none cannot work",
+            oauth_error="invalid_client",
+        )
+    form: list[tuple[str, str]] = [("grant_type", "client_credentials")]
+    if scope:
+        form.append(("scope", scope))
+    form.extend(("resource", uri) for uri in resource)
+    if audience:
+        form.append(("audience", audience))
+    return authenticated_request(form, client, client_assertion=client_assertion)
+
+
 def authenticated_request(
     fields: list[tuple[str, str]] | tuple[tuple[str, str], ...],
     client: ClientCredentials,
@@ -208,6 +240,13 @@ def authenticated_request(
             ("client_assertion", client_assertion),
         ]
     else:
+        if client.method in TLS_AUTH_METHODS and client.certificate is None:
+            raise ClientRejected(
+                f"client_auth {client.method} needs a client certificate: set client_cert_file "
+                "and client_key_file, or the secret's client_cert and client_key fields",
+                oauth_error="invalid_client",
+            )
+        # none and the RFC 8705 methods: the client_id alone (the certificate is in TLS).
         form.append(("client_id", client.client_id))
     return TokenRequest(headers=headers, form=tuple(form))
 
@@ -355,11 +394,13 @@ def parse_token_response(
     body: bytes,
     *,
     now: float | None = None,
+    grant: GrantType = "refresh_token",
 ) -> TokenGrant:
     """Classify a token endpoint answer: a :class:`TokenGrant` or one of the project errors.
 
     ``now`` (wall-clock seconds) lets an HTTP-date ``Retry-After`` count; without it only
-    delta-seconds do. See the module docstring for the mapping.
+    delta-seconds do. See the module docstring for the mapping. For ``client_credentials``
+    there is no refresh token to refuse, so ``invalid_grant`` is a :class:`ClientRejected`.
     """
     if 200 <= status < 300:
         try:
@@ -384,6 +425,11 @@ def parse_token_response(
         )
     if not 400 <= status < 500:
         raise MalformedResponse(f"token endpoint answered an unexpected {where}")
+    if oauth.error == "invalid_grant" and grant == "client_credentials":
+        raise ClientRejected(
+            f"token endpoint refused the client credentials grant ({code})",
+            oauth_error="invalid_grant",
+        )
     if oauth.error == "invalid_grant":
         raise InvalidGrant(f"token endpoint refused the refresh token ({code})")
     if oauth.error in RETRYABLE_ERRORS:

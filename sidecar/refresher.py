@@ -28,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from sidecar.backoff import BackoffPolicy, backoff_delay
+from sidecar.client_auth import ClientTemplate, client_credentials
 from sidecar.coordination import (
     Action,
     CoordinationPolicy,
@@ -65,7 +66,6 @@ from sidecar.errors import (
     VaultUnavailable,
 )
 from sidecar.model import (
-    ClientAuthMethod,
     ClientCredentials,
     JournalEntry,
     PublishedToken,
@@ -92,44 +92,6 @@ log = structlog.get_logger("sidecar.refresher")
 LIVENESS_SLACK = 30.0
 #: a write-back is retried at least this often, so a returning Vault gets the token at once.
 WRITEBACK_MAX_BACKOFF = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class ClientTemplate:
-    """The client settings from configuration; the secret fills in what is missing."""
-
-    method: ClientAuthMethod = "client_secret_basic"
-    client_id: str | None = None
-    private_key: str | None = field(default=None, repr=False)
-    signing_alg: str = "RS256"
-    key_id: str | None = None
-
-
-def client_credentials(template: ClientTemplate, secret: StoredSecret) -> ClientCredentials:
-    """Combine configuration and secret; raise SecretInvalid naming what is missing."""
-    client_id = template.client_id or secret.client_id
-    if not client_id:
-        raise SecretInvalid(
-            f"{secret.location}: no client_id in the credential's configuration or the secret"
-        )
-    needs_secret = template.method in ("client_secret_basic", "client_secret_post")
-    if needs_secret and not secret.client_secret:
-        raise SecretInvalid(
-            f"{secret.location}: field client_secret is required for {template.method}"
-        )
-    private_key = template.private_key or secret.private_key
-    if template.method == "private_key_jwt" and not private_key:
-        raise SecretInvalid(
-            f"{secret.location}: private_key_jwt needs private_key_file or a private_key field"
-        )
-    return ClientCredentials(
-        client_id=client_id,
-        method=template.method,
-        client_secret=secret.client_secret if needs_secret else None,
-        private_key=private_key if template.method == "private_key_jwt" else None,
-        signing_alg=template.signing_alg,
-        key_id=template.key_id,
-    )
 
 
 @dataclass(frozen=True, slots=True)

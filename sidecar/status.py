@@ -38,6 +38,9 @@ def rfc3339(epoch: float) -> str:
 class CredentialStatus:
     name: str
     required: bool = True
+    grant: str = "refresh_token"
+    """The configured grant: ``refresh_token`` or ``client_credentials``."""
+    client_auth: str = "client_secret_basic"
     phase: Phase = Phase.STARTING
     expires_at: float | None = None
     """Expiry of the published access token."""
@@ -66,6 +69,7 @@ class CredentialStatus:
 
         return {
             "state": self.phase.value,
+            "grant": self.grant,
             "required": self.required,
             "expires_at": stamp(self.expires_at),
             "expires_in_seconds": (
@@ -83,8 +87,17 @@ class CredentialStatus:
 class StatusBoard:
     credentials: dict[str, CredentialStatus] = field(default_factory=dict)
 
-    def add(self, name: str, *, required: bool = True) -> CredentialStatus:
-        status = CredentialStatus(name=name, required=required)
+    def add(
+        self,
+        name: str,
+        *,
+        required: bool = True,
+        grant: str = "refresh_token",
+        client_auth: str = "client_secret_basic",
+    ) -> CredentialStatus:
+        status = CredentialStatus(
+            name=name, required=required, grant=grant, client_auth=client_auth
+        )
         self.credentials[name] = status
         return status
 

@@ -25,6 +25,14 @@ classification, discovery validation) lives in the pure :mod:`sidecar.oauth`.
   location first, then OpenID Connect's) and cached for the life of the process; a redirect or
   404 from the token endpoint drops the cache so a moved endpoint is looked up again.
 
+- Mutual TLS (RFC 8705): a client with a certificate gets an HTTP client of its own whose
+  context holds that certificate. The certificate and key are read again before every
+  exchange (files replaced by a mounted Secret or cert-manager, or new fields in Vault); a
+  change builds a new client and closes the old one (``tls.client_certificate_loaded``, info).
+  Such a request goes to discovery's ``mtls_endpoint_aliases.token_endpoint`` when the server
+  names one. An expired, unreadable or mismatched certificate raises
+  :class:`ClientCertificateInvalid` naming the file or field, before anything is sent.
+
 Log events: ``token.exchange`` and ``token.discovery`` at debug, with status, duration and
 sizes; never a body, a header value or a token.
 """
@@ -33,7 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -51,8 +60,10 @@ from sidecar.errors import (
     SidecarError,
     TokenEndpointUnavailable,
 )
-from sidecar.model import ClientCredentials, TokenGrant
+from sidecar.model import ClientCredentials, GrantType, TokenGrant
 from sidecar.oauth import (
+    TokenRequest,
+    build_client_credentials_request,
     build_refresh_request,
     parse_error_body,
     parse_token_response,
@@ -61,7 +72,14 @@ from sidecar.oauth import (
 from sidecar.ports import Clock
 from sidecar.redact import REDACTOR, Redactor
 from sidecar.retry_after import parse_retry_after
-from sidecar.tls import client_context
+from sidecar.status import rfc3339
+from sidecar.tls import (
+    LoadedCertificate,
+    client_context,
+    load_client_certificate,
+    pem_secrets,
+    read_client_certificate,
+)
 
 __all__ = ["USER_AGENT", "TokenEndpoint", "make_http_client"]
 
@@ -69,7 +87,11 @@ log = structlog.get_logger("sidecar.adapters.exchange")
 
 
 def make_http_client(
-    ca_cert: Path | None, timeout: float, *, tls: bool = True
+    ca_cert: Path | None,
+    timeout: float,
+    *,
+    tls: bool = True,
+    context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     """The HTTP client for every token endpoint and discovery document.
 
@@ -77,9 +99,11 @@ def make_http_client(
     otherwise). Proxies come from the usual environment variables. Raises ConfigError naming
     ``http.ca_cert`` when the bundle cannot be loaded. ``tls=False`` (every endpoint is plain
     http and redirects are never followed) loads no trust store at all: an https URL would
-    then fail verification rather than go unverified.
+    then fail verification rather than go unverified. ``context`` (one holding a client
+    certificate, for mutual TLS) replaces the one built from ``ca_cert``.
     """
-    context = client_context(ca_cert, needed=tls, setting="http.ca_cert")
+    if context is None:
+        context = client_context(ca_cert, needed=tls, setting="http.ca_cert")
     return httpx.AsyncClient(
         verify=context,
         follow_redirects=False,
@@ -146,8 +170,12 @@ class TokenEndpoint:
         clock: Clock,
         max_response_bytes: int,
         redactor: Redactor = REDACTOR,
+        ca_cert: Path | None = None,
     ) -> None:
         self._credential = credential
+        self._ca_cert = ca_cert
+        self._mtls: tuple[LoadedCertificate, httpx.AsyncClient] | None = None
+        self._mtls_key_secrets: list[str] = []
         self._redactor = redactor
         self._assertion: str | None = None
         self._http = http
@@ -165,43 +193,75 @@ class TokenEndpoint:
         return self._clock.time()
 
     async def refresh(self, refresh_token: str, client: ClientCredentials) -> TokenGrant:
-        url = await self.token_endpoint()
-        assertion = None
-        if client.method == "private_key_jwt":
-            if not client.private_key:
-                raise ClientRejected(
-                    "client_auth private_key_jwt needs a private key: set private_key_file "
-                    "or the secret's private_key field",
-                    oauth_error="invalid_client",
-                )
-            # PyJWT and cryptography cost ~9 MB and ~30 ms to import: only for this method.
-            from sidecar.client_assertion import make_client_assertion  # noqa: PLC0415
-
-            assertion = make_client_assertion(
-                client.client_id,
-                url,
-                client.private_key,
-                alg=client.signing_alg,
-                key_id=client.key_id,
-                now=self._time(),
-                jti=secrets.token_urlsafe(24),
+        def build(assertion: str | None) -> TokenRequest:
+            return build_refresh_request(
+                refresh_token,
+                client,
+                scope=self._credential.scope,
+                resource=self._credential.resource,
+                audience=self._credential.audience,
+                client_assertion=assertion,
             )
-            # Single-use (jti), so only the newest needs scrubbing; the old one is spent.
-            self._redactor.discard(self._assertion)
-            self._redactor.add(assertion)
-            self._assertion = assertion
-        request = build_refresh_request(
-            refresh_token,
-            client,
-            scope=self._credential.scope,
-            resource=self._credential.resource,
-            audience=self._credential.audience,
-            client_assertion=assertion,
+
+        return await self._exchange(client, build, "refresh_token")
+
+    async def client_credentials(self, client: ClientCredentials) -> TokenGrant:
+        def build(assertion: str | None) -> TokenRequest:
+            return build_client_credentials_request(
+                client,
+                scope=self._credential.scope,
+                resource=self._credential.resource,
+                audience=self._credential.audience,
+                client_assertion=assertion,
+            )
+
+        return await self._exchange(client, build, "client_credentials")
+
+    def _assertion_for(self, client: ClientCredentials, url: str) -> str | None:
+        if client.method != "private_key_jwt":
+            return None
+        if not client.private_key:
+            raise ClientRejected(
+                "client_auth private_key_jwt needs a private key: set private_key_file "
+                "or the secret's private_key field",
+                oauth_error="invalid_client",
+            )
+        # PyJWT and cryptography cost ~9 MB and ~30 ms to import: only for this method.
+        from sidecar.client_assertion import make_client_assertion  # noqa: PLC0415
+
+        assertion = make_client_assertion(
+            client.client_id,
+            url,
+            client.private_key,
+            alg=client.signing_alg,
+            key_id=client.key_id,
+            now=self._time(),
+            jti=secrets.token_urlsafe(24),
         )
+        # Single-use (jti), so only the newest needs scrubbing; the old one is spent.
+        self._redactor.discard(self._assertion)
+        self._redactor.add(assertion)
+        self._assertion = assertion
+        return assertion
+
+    async def _exchange(
+        self,
+        client: ClientCredentials,
+        build: Callable[[str | None], TokenRequest],
+        grant: GrantType,
+    ) -> TokenGrant:
+        http = await self._http_for(client)
+        url = await self.token_endpoint(mtls=client.certificate is not None)
+        request = build(self._assertion_for(client, url))
         started = self._clock.monotonic()
         try:
             answer = await self._request(
-                "POST", url, headers=request.headers, content=request.body(), exchange=True
+                "POST",
+                url,
+                headers=request.headers,
+                content=request.body(),
+                exchange=True,
+                http=http,
             )
         except SidecarError as exc:
             if isinstance(exc, MalformedResponse):
@@ -227,8 +287,8 @@ class TokenEndpoint:
             **fields,
         )
         try:
-            grant = parse_token_response(
-                answer.status, answer.headers, answer.body, now=self._time()
+            result = parse_token_response(
+                answer.status, answer.headers, answer.body, now=self._time(), grant=grant
             )
         except MalformedResponse as exc:
             self._redactor.add(exc.salvaged_refresh_token)
@@ -237,21 +297,65 @@ class TokenEndpoint:
             if self._credential.issuer and (300 <= answer.status < 400 or answer.status == 404):
                 self._discovery = None  # the endpoint may have moved: look it up again next time
             raise
-        self._redactor.add(grant.access_token, grant.refresh_token)
-        return grant
+        self._redactor.add(result.access_token, result.refresh_token)
+        return result
 
-    async def probe(self) -> None:
+    async def probe(self, client: ClientCredentials | None = None) -> None:
         """Reach the discovery document (validated) and the token endpoint; exchange nothing.
 
         Any HTTP answer from the token endpoint (405 and 400 included) proves it reachable;
-        connection and TLS failures raise TokenEndpointUnavailable.
+        connection and TLS failures raise TokenEndpointUnavailable. With ``client`` holding a
+        certificate, that certificate is loaded (ClientCertificateInvalid when expired or
+        unusable) and presented, at the mutual-TLS alias when discovery names one.
         """
+        http = await self._http_for(client) if client is not None else self._http
+        mtls = client is not None and client.certificate is not None
         if self._credential.issuer:
-            url = (await self._discover(self._credential.issuer, fresh=True)).token_endpoint
-        else:
-            url = self.configured_endpoint
-        answer = await self._request("GET", url, exchange=False, read_body=False)
+            await self._discover(self._credential.issuer, fresh=True)
+        url = await self.token_endpoint(mtls=mtls)
+        answer = await self._request("GET", url, exchange=False, read_body=False, http=http)
         self._log.debug("token.probe", status=answer.status)
+
+    async def aclose(self) -> None:
+        """Close the mutual-TLS client, if one was made (the shared client is the caller's)."""
+        if self._mtls is not None:
+            await self._mtls[1].aclose()
+            self._mtls = None
+
+    # -- mutual TLS -------------------------------------------------------------------
+
+    async def _http_for(self, client: ClientCredentials) -> httpx.AsyncClient:
+        """The HTTP client presenting ``client``'s certificate (re-read now), else the shared one.
+
+        A changed certificate or key (a rotation on disk or in Vault) gets a new context and
+        client; the old client is closed. Raises ClientCertificateInvalid naming the file.
+        """
+        if client.certificate is None:
+            return self._http
+        text = read_client_certificate(client.certificate)
+        key_secrets = pem_secrets(text.key.decode("utf-8", "replace"))
+        self._redactor.add(*key_secrets)
+        now = self._time()
+        if self._mtls is not None and self._mtls[0].digest == text.digest:
+            self._mtls[0].check_valid(now)
+            return self._mtls[1]
+        loaded = load_client_certificate(text, self._ca_cert, now=now)
+        timeout = self._http.timeout.read or self._request_timeout or 10.0
+        http = make_http_client(self._ca_cert, timeout, context=loaded.context)
+        previous, self._mtls = self._mtls, (loaded, http)
+        for value in self._mtls_key_secrets:
+            if value not in key_secrets:
+                self._redactor.discard(value)
+        self._mtls_key_secrets = key_secrets
+        self._log.info(
+            "tls.client_certificate_loaded",
+            source=loaded.source,
+            not_after=rfc3339(loaded.not_after),
+            rotated=previous is not None,
+        )
+        if previous is not None:
+            await previous[1].aclose()
+        return http
 
     # -- endpoint and discovery -------------------------------------------------------
 
@@ -261,11 +365,18 @@ class TokenEndpoint:
             raise ValueError("no token_endpoint configured (issuer is used instead)")
         return self._credential.token_endpoint
 
-    async def token_endpoint(self) -> str:
-        """The token endpoint URL: configured, or from the (cached) discovery document."""
+    async def token_endpoint(self, *, mtls: bool = False) -> str:
+        """The token endpoint URL: configured, or from the (cached) discovery document.
+
+        ``mtls`` (a client certificate is presented) picks the server's
+        ``mtls_endpoint_aliases.token_endpoint`` when it names one (RFC 8705 §5).
+        """
         if self._credential.issuer is None:
             return self.configured_endpoint
-        return (await self._discover(self._credential.issuer)).token_endpoint
+        info = await self._discover(self._credential.issuer)
+        if mtls and info.mtls_token_endpoint is not None:
+            return info.mtls_token_endpoint
+        return info.token_endpoint
 
     async def _discover(self, issuer: str, *, fresh: bool = False) -> DiscoveryInfo:
         async with self._discovery_lock:
@@ -326,15 +437,15 @@ class TokenEndpoint:
         content: bytes | None = None,
         what: str = "token endpoint",
         read_body: bool = True,
+        http: httpx.AsyncClient | None = None,
     ) -> _Answer:
         request_headers = {"Accept": "application/json", **(headers or {})}
         progress = Progress()
         try:
-            request = self._http.build_request(
-                method, url, headers=request_headers, content=content
-            )
+            client = http or self._http
+            request = client.build_request(method, url, headers=request_headers, content=content)
             response = await fetch(
-                self._http,
+                client,
                 request,
                 deadline=self._request_timeout,
                 limit=self._max_bytes,

@@ -18,12 +18,12 @@ from sidecar.adapters.authorization import AuthorizationServer
 from sidecar.adapters.exchange import make_http_client
 from sidecar.adapters.vault import VaultSecretStore, VaultSession
 from sidecar.app import client_template
+from sidecar.client_auth import client_credentials
 from sidecar.config import CredentialConfig, Settings
 from sidecar.errors import ConfigError
 from sidecar.model import ClientCredentials, StoredSecret
 from sidecar.ports import Clock
 from sidecar.redact import REDACTOR
-from sidecar.refresher import client_credentials
 
 __all__ = ["Operator", "find_credential", "operator_name"]
 
@@ -37,8 +37,18 @@ def operator_name() -> str:
 
 
 def find_credential(settings: Settings, name: str) -> CredentialConfig:
+    """The credential named ``name``; it must hold a refresh token (grant ``refresh_token``):
+    the operator commands seed, inspect and retire refresh tokens, which ``client_credentials``
+    credentials do not have."""
     for credential in settings.credentials:
         if credential.name == name:
+            if credential.grant != "refresh_token":
+                raise ConfigError(
+                    [
+                        f"--credential {name}: grant {credential.grant} has no refresh token to "
+                        "seed, retire or report on"
+                    ]
+                )
             return credential
     known = ", ".join(c.name for c in settings.credentials)
     raise ConfigError([f"--credential {name}: no such credential in the configuration ({known})"])
@@ -61,6 +71,8 @@ class Operator:
         )
 
     def store(self, credential: CredentialConfig) -> VaultSecretStore:
+        if credential.kv_path is None:  # only client_credentials, which find_credential refuses
+            raise ConfigError([f"credentials {credential.name}: no kv_path"])
         return VaultSecretStore(self.vault, credential.kv_mount, credential.kv_path)
 
     def server(

@@ -29,7 +29,9 @@ async def status(
 ) -> int:
     settings = operator.settings
     credentials = (
-        [find_credential(settings, credential_name)] if credential_name else settings.credentials
+        [find_credential(settings, credential_name)]
+        if credential_name
+        else [c for c in settings.credentials if c.grant == "refresh_token"]
     )
     failing = False
     for credential in credentials:

@@ -116,7 +116,7 @@ EXPECTED = [
     "credentials[0].kv_mount: must not be empty",
     "credentials[0].kv_path: String should have at least 1 character",
     "credentials[0].client_auth: Input should be 'client_secret_basic', 'client_secret_post', "
-    "'private_key_jwt' or 'none'",
+    "'private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth' or 'none'",
     f"credentials[0].private_key_file: {PATH}",
     "credentials[0].signing_alg: Input should be 'RS256', 'RS384', 'RS512', 'PS256', 'ES256', "
     "'ES384' or 'EdDSA'",

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from sidecar.model import ClientAuthMethod, ClientCredentials
+from tests.support.rawserver import TlsMaterial
 
 __all__ = [
     "AUTH_METHODS",
@@ -157,7 +158,15 @@ class IdpServer:
         access_token_ttl: int = 60,
         refresh_token_ttl: int = 86_400,
         startup_timeout: float = 30.0,
+        mtls: TlsMaterial | None = None,
+        extra_clients: Sequence[Mapping[str, Any]] = (),
     ) -> None:
+        """``mtls`` adds the HTTPS listener for mutual TLS (server certificate ``mtls.good``,
+        client certificates verified against ``mtls.ca``); ``extra_clients`` are registered
+        as given (client metadata, see ``tests/support/mtls.py``)."""
+        self._mtls = mtls
+        self._mtls_port: int | None = None
+        self._extra_clients = [dict(client) for client in extra_clients]
         self._start_ttls = (access_token_ttl, refresh_token_ttl)
         self._ttls = self._start_ttls
         self._startup_timeout = startup_timeout
@@ -199,7 +208,20 @@ class IdpServer:
             **os.environ,
             "IDP_CLIENT_SECRETS": json.dumps(self._secrets),
             "IDP_CLIENT_JWKS": json.dumps(self._client_jwks),
+            "IDP_EXTRA_CLIENTS": json.dumps(self._extra_clients),
         }
+        mtls_args: list[str] = []
+        if self._mtls is not None:
+            mtls_args = [
+                "--mtls-port",
+                "0",
+                "--tls-cert",
+                str(self._mtls.good[0]),
+                "--tls-key",
+                str(self._mtls.good[1]),
+                "--tls-client-ca",
+                str(self._mtls.ca),
+            ]
         with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
             self._process = subprocess.Popen(
                 [
@@ -211,6 +233,7 @@ class IdpServer:
                     str(access_ttl),
                     "--refresh-token-ttl",
                     str(refresh_ttl),
+                    *mtls_args,
                 ],
                 cwd=IDP_DIR,
                 env=env,
@@ -239,6 +262,8 @@ class IdpServer:
             if newline:
                 try:
                     ready = json.loads(first_line)
+                    mtls_port = ready.get("mtls_port")
+                    self._mtls_port = int(mtls_port) if mtls_port is not None else None
                     return int(ready["port"])
                 except (ValueError, KeyError, TypeError) as exc:
                     raise IdpError(
@@ -279,6 +304,7 @@ class IdpServer:
             self._workdir.cleanup()
             self._workdir = None
         self._port = None
+        self._mtls_port = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -314,6 +340,13 @@ class IdpServer:
     @property
     def issuer(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mtls_token_endpoint(self) -> str:
+        """The HTTPS token endpoint that asks for client certificates (``mtls`` given)."""
+        if self._mtls_port is None:
+            raise IdpError("the server has no mutual-TLS listener (start it with mtls=...)")
+        return f"https://127.0.0.1:{self._mtls_port}/token"
 
     @property
     def discovery_url(self) -> str:
@@ -402,7 +435,10 @@ class IdpServer:
         ``refresh_invalid_grant``, ``refresh_errors``, ``refresh_token_reuse``,
         ``reuse_by_grant``, ``grants_revoked``, ``revoked_grants``, ``grants_seeded``,
         ``faults_applied``, ``faults_pending``, ``refresh_by_grant`` (grant_id -> successful
-        refreshes), ``device_polls``, ``revocation_requests``."""
+        refreshes), ``device_polls``, ``revocation_requests``; for the client_credentials grant
+        ``client_credentials_issued``, ``client_credentials_by_client``,
+        ``client_credentials_errors``, and for mutual TLS ``client_certificates`` (x5t#S256 of
+        each certificate presented -> count) and ``bound_tokens`` (x5t#S256 -> tokens bound)."""
         result: dict[str, Any] = self._control("GET", "stats")
         return result
 

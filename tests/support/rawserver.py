@@ -568,6 +568,26 @@ class TlsMaterial:
             "expired", loopback, now - dt.timedelta(days=30), now - dt.timedelta(days=1)
         )
 
+    def client(
+        self, name: str, *, self_signed: bool = False, expired: bool = False
+    ) -> tuple[Path, Path]:
+        """A TLS client certificate (extended key usage clientAuth) with subject ``CN=name``,
+        signed by the CA (or by itself), valid for a day (or expired a day ago)."""
+        now = dt.datetime.now(dt.UTC)
+        not_before, not_after = (
+            (now - dt.timedelta(days=30), now - dt.timedelta(days=1))
+            if expired
+            else (now, now + dt.timedelta(days=1))
+        )
+        return self._leaf(
+            name,
+            [x509.DNSName(f"{name}.clients.test")],
+            not_before,
+            not_after,
+            self_signed=self_signed,
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+
     def _leaf(
         self,
         name: str,
@@ -576,6 +596,7 @@ class TlsMaterial:
         not_after: dt.datetime,
         *,
         self_signed: bool = False,
+        usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
     ) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         issuer = _name(name) if self_signed else self._ca_cert.subject
@@ -588,7 +609,7 @@ class TlsMaterial:
             .not_valid_before(not_before - dt.timedelta(minutes=5))
             .not_valid_after(not_after)
             .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .sign(key if self_signed else self._ca_key, hashes.SHA256())
         )
         cert_path = self.directory / f"{name}.pem"

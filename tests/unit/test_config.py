@@ -176,3 +176,110 @@ def test_every_setting_documents_its_default_where_it_is_defined() -> None:
                 undocumented.append(f"{node.name}.{statement.target.id}")
     assert fields > 50
     assert undocumented == []
+
+
+CLIENT_CREDENTIALS = """
+vault:
+  address: http://127.0.0.1:8200
+  auth: {method: kubernetes, role: my-app}
+credentials:
+  - name: svc
+    grant: client_credentials
+    token_endpoint: https://idp.example/oauth2/token
+    output_dir: /var/run/tokens/svc
+"""
+
+
+def cc_with(tmp_path: Path, **keys: str) -> list[str]:
+    lines = "".join(f"    {key}: {value}\n" for key, value in keys.items())
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, CLIENT_CREDENTIALS + lines))
+    return info.value.problems
+
+
+def test_grant_defaults_to_refresh_token_and_needs_kv_path(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, MINIMAL)).credentials[0].grant == "refresh_token"
+    found = problems(tmp_path, MINIMAL.replace("    kv_path: apps/my-app/billing\n", ""))
+    assert found == [
+        "credentials[0].kv_path: required for grant refresh_token (Vault holds the token)"
+    ]
+
+
+def test_client_credentials_from_vault_or_from_files(tmp_path: Path) -> None:
+    from_vault = CLIENT_CREDENTIALS + "    kv_path: apps/svc\n"
+    credential = load_settings(write(tmp_path, from_vault)).credentials[0]
+    assert (credential.grant, credential.kv_path) == ("client_credentials", "apps/svc")
+    from_files = CLIENT_CREDENTIALS + (
+        "    client_id: svc\n"
+        "    client_auth: tls_client_auth\n"
+        "    client_cert_file: /certs/tls.crt\n"
+        "    client_key_file: /certs/tls.key\n"
+    )
+    credential = load_settings(write(tmp_path, from_files)).credentials[0]
+    assert credential.kv_path is None
+    assert credential.client_cert_file == Path("/certs/tls.crt")
+
+
+def test_client_credentials_with_client_auth_none_cannot_work(tmp_path: Path) -> None:
+    found = cc_with(tmp_path, kv_path="apps/svc", client_auth="none")
+    assert found == [
+        "credentials[0].client_auth: none cannot work with grant client_credentials, which needs "
+        "client authentication (RFC 6749 §4.4)"
+    ]
+
+
+def test_without_kv_path_every_piece_must_come_from_configuration(tmp_path: Path) -> None:
+    assert cc_with(tmp_path) == [
+        "credentials[0].client_id: required without kv_path",
+        "credentials[0].client_secret_file: required for client_secret_basic without kv_path",
+    ]
+    assert cc_with(tmp_path, client_id="svc", client_auth="private_key_jwt") == [
+        "credentials[0].private_key_file: required for private_key_jwt without kv_path"
+    ]
+
+
+def test_tls_client_auth_needs_a_certificate_source(tmp_path: Path) -> None:
+    found = cc_with(tmp_path, client_id="svc", client_auth="self_signed_tls_client_auth")
+    assert found == [
+        "credentials[0].client_cert_file: client_auth self_signed_tls_client_auth needs a "
+        "certificate: client_cert_file and client_key_file, or kv_path with client_cert and "
+        "client_key fields"
+    ]
+    found = cc_with(
+        tmp_path, client_id="svc", client_auth="tls_client_auth", client_cert_file="/c.pem"
+    )
+    assert found == [
+        "credentials[0].client_key_file: set client_cert_file and client_key_file together"
+    ]
+    # Fields of the secret are a source the configuration cannot see: accepted with kv_path.
+    settings = load_settings(
+        write(tmp_path, CLIENT_CREDENTIALS + "    kv_path: a/b\n    client_auth: tls_client_auth\n")
+    )
+    assert settings.credentials[0].client_auth == "tls_client_auth"
+
+
+def test_a_certificate_is_never_sent_over_plain_http(tmp_path: Path) -> None:
+    text = MINIMAL.replace("https://idp.example", "http://127.0.0.1:9000") + (
+        "    client_auth: tls_client_auth\n"
+    )
+    assert problems(tmp_path, text) == [
+        "credentials[0].token_endpoint: a client certificate is only sent over https://"
+    ]
+
+
+def test_client_secret_file_only_with_a_secret_method(tmp_path: Path) -> None:
+    found = cc_with(tmp_path, kv_path="a/b", client_auth="private_key_jwt", client_secret_file="/s")
+    assert found == ["credentials[0].client_secret_file: not used by client_auth private_key_jwt"]
+
+
+def test_grant_problems_are_reported_beside_unrelated_ones(tmp_path: Path) -> None:
+    found = cc_with(tmp_path, kv_path="a/b", client_auth="none", file_mode='"0666"')
+    assert "credentials[0].file_mode: must not be world-writable" in found
+    assert any(p.startswith("credentials[0].client_auth: none cannot work") for p in found)
+    found = problems(
+        tmp_path,
+        MINIMAL.replace("    kv_path: apps/my-app/billing\n", "") + "    file_mode: '0666'\n",
+    )
+    assert (
+        "credentials[0].kv_path: required for grant refresh_token (Vault holds the token)" in found
+    )

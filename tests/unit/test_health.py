@@ -101,6 +101,7 @@ def test_healthz_ready() -> None:
     assert document["live"] is True
     assert document["credentials"]["app"] == {
         "state": "valid",
+        "grant": "refresh_token",
         "required": True,
         "expires_at": "2027-01-15T08:05:00Z",
         "expires_in_seconds": 300.0,

@@ -236,7 +236,8 @@ def test_kubernetes_event_outcomes() -> None:
 
 
 def test_label_names_are_a_closed_set() -> None:
-    """Labels carry credential names, phases, operations, outcomes and versions, nothing else."""
+    """Labels carry credential names, phases, operations, outcomes, versions and configured
+    grants and client authentication methods, nothing else."""
     board, _, metrics = make()
     app = board.credentials["app"]
     app.phase = Phase.REJECTED
@@ -246,6 +247,35 @@ def test_label_names_are_a_closed_set() -> None:
     metrics.event_result("RefreshTokenRejected", "sent")
     body, _ = metrics.render()
     allowed = {"credential", "outcome", "state", "le", "operation", "version", "reason"}
+    allowed |= {"grant", "client_auth"}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
             assert set(sample.labels) <= allowed, sample
+
+
+def test_credential_info_shows_each_grant_and_client_auth() -> None:
+    board, _wall, metrics = make()
+    board.add("svc", grant="client_credentials", client_auth="tls_client_auth")
+    samples = scrape(metrics)
+    info = "credential_info"
+    assert (
+        value(
+            samples,
+            info,
+            credential="app",
+            grant="refresh_token",
+            client_auth="client_secret_basic",
+        )
+        == 1
+    )
+    assert (
+        value(
+            samples,
+            info,
+            credential="svc",
+            grant="client_credentials",
+            client_auth="tls_client_auth",
+        )
+        == 1
+    )
+    assert sum(1 for name, _ in samples if name == "token_sidecar_credential_info") == 3

@@ -15,9 +15,10 @@ from sidecar.errors import (
     ResponseLost,
     TokenEndpointUnavailable,
 )
-from sidecar.model import ClientCredentials
+from sidecar.model import ClientAuthMethod, ClientCertificate, ClientCredentials
 from sidecar.oauth import (
     ASSERTION_TYPE,
+    build_client_credentials_request,
     build_refresh_request,
     parse_error_body,
     parse_token_response,
@@ -491,3 +492,119 @@ def test_loopback_http_and_explicit_opt_in_are_allowed() -> None:
 def test_unusable_discovery_documents_are_malformed(body: bytes, match: str) -> None:
     with pytest.raises(MalformedResponse, match=match):
         parse_discovery(body, "https://as")
+
+
+# -- build_client_credentials_request ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("client_secret_post", [("client_id", "svc"), ("client_secret", SECRET)]),
+        ("tls_client_auth", [("client_id", "svc")]),
+        ("self_signed_tls_client_auth", [("client_id", "svc")]),
+    ],
+)
+def test_client_credentials_request_for_each_method(
+    method: ClientAuthMethod, extra: list[tuple[str, str]]
+) -> None:
+    client = ClientCredentials(
+        "svc",
+        method,
+        client_secret=SECRET if method == "client_secret_post" else None,
+        certificate=ClientCertificate(cert_pem="c", key_pem="k", source="test"),
+    )
+    request = build_client_credentials_request(
+        client, scope="api:read", resource=["https://api.example/"], audience="api"
+    )
+    assert form_of(request.body()) == [
+        ("grant_type", "client_credentials"),
+        ("scope", "api:read"),
+        ("resource", "https://api.example/"),
+        ("audience", "api"),
+        *extra,
+    ]
+    assert "Authorization" not in request.headers
+
+
+def test_client_credentials_request_with_basic_and_assertion() -> None:
+    basic = ClientCredentials("svc", "client_secret_basic", client_secret=SECRET)
+    request = build_client_credentials_request(basic)
+    assert request.body() == b"grant_type=client_credentials"
+    assert request.headers["Authorization"].startswith("Basic ")
+    jwt_client = ClientCredentials("svc", "private_key_jwt", private_key="pem")
+    request = build_client_credentials_request(jwt_client, client_assertion=ASSERTION)
+    assert form_of(request.body()) == [
+        ("grant_type", "client_credentials"),
+        ("client_id", "svc"),
+        ("client_assertion_type", ASSERTION_TYPE),
+        ("client_assertion", ASSERTION),
+    ]
+
+
+def test_client_credentials_refuses_a_public_client() -> None:
+    with pytest.raises(ClientRejected, match="client_auth none cannot work"):
+        build_client_credentials_request(ClientCredentials("svc", "none"))
+
+
+def test_tls_methods_need_a_certificate() -> None:
+    with pytest.raises(ClientRejected, match="needs a client certificate") as info:
+        build_refresh_request(REFRESH, ClientCredentials("svc", "tls_client_auth"))
+    assert info.value.oauth_error == "invalid_client"
+
+
+def test_tls_client_auth_refresh_request_sends_the_client_id_only() -> None:
+    client = ClientCredentials(
+        "svc",
+        "self_signed_tls_client_auth",
+        certificate=ClientCertificate(cert_pem="c", key_pem="k", source="test"),
+    )
+    assert form_of(build_refresh_request(REFRESH, client).body()) == [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", REFRESH),
+        ("client_id", "svc"),
+    ]
+
+
+def test_invalid_grant_for_client_credentials_is_a_client_rejection() -> None:
+    body = b'{"error": "invalid_grant"}'
+    with pytest.raises(ClientRejected) as info:
+        parse_token_response(400, {}, body, grant="client_credentials")
+    assert info.value.oauth_error == "invalid_grant"
+    assert "client credentials grant" in info.value.message
+    with pytest.raises(InvalidGrant):
+        parse_token_response(400, {}, body)
+
+
+# -- mtls_endpoint_aliases ---------------------------------------------------------------------
+
+
+def discovery_body(**extra: object) -> bytes:
+    import json  # noqa: PLC0415
+
+    return json.dumps(
+        {"issuer": "https://as.example", "token_endpoint": "https://as.example/token", **extra}
+    ).encode()
+
+
+def test_discovery_reads_the_mtls_token_endpoint_alias() -> None:
+    aliases = {"token_endpoint": "https://mtls.as.example/token", "other": 1}
+    info = parse_discovery(discovery_body(mtls_endpoint_aliases=aliases), "https://as.example")
+    assert info.mtls_token_endpoint == "https://mtls.as.example/token"
+    assert parse_discovery(discovery_body(), "https://as.example").mtls_token_endpoint is None
+    odd = discovery_body(mtls_endpoint_aliases=["x"])
+    assert parse_discovery(odd, "https://as.example").mtls_token_endpoint is None
+
+
+@pytest.mark.parametrize(
+    ("alias", "error"),
+    [
+        ("http://127.0.0.1:1/token", ClientRejected),
+        ("ftp://mtls.as.example/token", ClientRejected),
+        (42, MalformedResponse),
+    ],
+)
+def test_discovery_refuses_an_unusable_mtls_alias(alias: object, error: type[Exception]) -> None:
+    body = discovery_body(mtls_endpoint_aliases={"token_endpoint": alias})
+    with pytest.raises(error, match=r"mtls_endpoint_aliases\.token_endpoint"):
+        parse_discovery(body, "https://as.example", allow_http=True)

@@ -18,7 +18,7 @@ __all__ = ["VaultSecretStore", "secret_from_kv"]
 
 log = structlog.get_logger("sidecar.adapters.vault")
 
-_OPTIONAL_FIELDS = ("client_id", "client_secret", "private_key")
+_OPTIONAL_FIELDS = ("client_id", "client_secret", "private_key", "client_cert", "client_key")
 
 
 def _optional_text(data: Mapping[str, Any], name: str, where: str) -> str | None:
@@ -30,8 +30,14 @@ def _optional_text(data: Mapping[str, Any], name: str, where: str) -> str | None
     return value
 
 
-def secret_from_kv(response: Any, location: str) -> StoredSecret:
-    """Validate a KV v2 ``GET <mount>/data/<path>`` response into a :class:`StoredSecret`."""
+def secret_from_kv(
+    response: Any, location: str, *, needs_refresh_token: bool = True
+) -> StoredSecret:
+    """Validate a KV v2 ``GET <mount>/data/<path>`` response into a :class:`StoredSecret`.
+
+    ``needs_refresh_token=False`` (grant ``client_credentials``) ignores ``refresh_token``:
+    the secret holds only the client's own credentials then.
+    """
     body = response.get("data") if isinstance(response, Mapping) else None
     if not isinstance(body, Mapping):
         raise UnexpectedResponse("no data in the KV v2 response")
@@ -56,14 +62,14 @@ def secret_from_kv(response: Any, location: str) -> StoredSecret:
             f"{location}: the credential was retired{when}{who}; "
             "`token-sidecar seed` puts it back in service"
         )
-    refresh_token = data.get("refresh_token")
+    refresh_token = data.get("refresh_token") if needs_refresh_token else ""
     if refresh_token is None:
         raise SecretInvalid(f"{location}: field 'refresh_token' is missing")
     if not isinstance(refresh_token, str):
         raise SecretInvalid(f"{location}: field 'refresh_token' is not a string")
-    if not refresh_token.strip():
+    if needs_refresh_token and not refresh_token.strip():
         raise SecretInvalid(f"{location}: field 'refresh_token' is empty")
-    client_id, client_secret, private_key = (
+    client_id, client_secret, private_key, client_cert, client_key = (
         _optional_text(data, name, location) for name in _OPTIONAL_FIELDS
     )
     return StoredSecret(
@@ -73,6 +79,8 @@ def secret_from_kv(response: Any, location: str) -> StoredSecret:
         client_id=client_id,
         client_secret=client_secret,
         private_key=private_key,
+        client_cert=client_cert,
+        client_key=client_key,
         data=dict(data),
     )
 
@@ -88,8 +96,11 @@ def _written_version(response: Mapping[str, Any]) -> int:
 class VaultSecretStore:
     """One credential's KV v2 secret at ``mount/path``; implements ``SecretStore``."""
 
-    def __init__(self, session: VaultSession, mount: str, path: str) -> None:
+    def __init__(
+        self, session: VaultSession, mount: str, path: str, *, needs_refresh_token: bool = True
+    ) -> None:
         self._session = session
+        self._needs_refresh_token = needs_refresh_token
         self._mount = mount.strip("/")
         self._path = path.strip("/")
         self._location = f"{self._mount}/{self._path}"
@@ -105,7 +116,9 @@ class VaultSecretStore:
             "GET",
             self._api_path,
             location=self._location,
-            parse=lambda answer: secret_from_kv(answer, self._location),
+            parse=lambda answer: secret_from_kv(
+                answer, self._location, needs_refresh_token=self._needs_refresh_token
+            ),
         )
 
     async def write(self, secret: StoredSecret, data: Mapping[str, Any]) -> StoredSecret:

@@ -5,10 +5,20 @@
 //
 // Usage: node server.mjs [--port 0] [--access-token-ttl 60] [--refresh-token-ttl 86400]
 //                        [--device-code-ttl 600]
+//        [--mtls-port 0 --tls-cert PEM --tls-key PEM --tls-client-ca PEM]
 // Client secrets and client-jwt's public JWKS come from the environment (IDP_CLIENT_SECRETS,
 // a JSON object client_id -> secret; IDP_CLIENT_JWKS, a JSON JWK Set); the defaults below let
 // the server run on its own. Once listening it prints exactly one line on stdout:
 // {"ready": true, "port": N, "issuer": "http://127.0.0.1:N"}. Nothing secret is ever printed.
+//
+// Client credentials and mutual TLS (RFC 8705): the confidential clients may also use the
+// client_credentials grant. With --mtls-port, a second listener serves the same provider over
+// HTTPS (certificate --tls-cert/--tls-key), asks every client for a certificate and accepts
+// any (the provider decides: tls_client_auth needs one issued by --tls-client-ca whose subject
+// matches the client's registration, self_signed_tls_client_auth one whose x5t#S256 is in the
+// client's jwks); discovery then names it in mtls_endpoint_aliases.token_endpoint, and the
+// ready line carries "mtls_port". More clients (such as the mTLS ones) come as a JSON list of
+// client metadata in IDP_EXTRA_CLIENTS.
 //
 // Control API (test-only, same port, JSON in and out):
 //   POST /_test/seed     {client_id, scope?, account_id?} -> {refresh_token, grant_id}
@@ -29,7 +39,9 @@
 // `client-no-refresh` a public client that is never issued a refresh token.
 
 import { createHash, generateKeyPairSync, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { parseArgs } from 'node:util';
 
 import Provider from 'oidc-provider';
@@ -46,6 +58,10 @@ const { values: args } = parseArgs({
     'access-token-ttl': { type: 'string', default: '60' },
     'refresh-token-ttl': { type: 'string', default: String(24 * 3600) },
     'device-code-ttl': { type: 'string', default: '600' },
+    'mtls-port': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'tls-client-ca': { type: 'string' },
   },
 });
 
@@ -157,6 +173,11 @@ function newStats() {
     refresh_by_grant: {}, // grant_id -> successful refreshes with its tokens
     device_polls: 0, // device_code grant requests, answered or not
     revocation_requests: 0, // POSTs to the revocation endpoint
+    client_credentials_issued: 0,
+    client_credentials_by_client: {}, // client_id -> tokens issued with client_credentials
+    client_credentials_errors: {}, // OAuth error codes on client_credentials requests -> count
+    client_certificates: {}, // x5t#S256 of a certificate presented at the token endpoint -> count
+    bound_tokens: {}, // x5t#S256 an issued client_credentials token is bound to -> count
   };
 }
 
@@ -209,6 +230,48 @@ function noteProviderAnswer(ctx, entry) {
   entry.grant = consumedRefreshTokens.get(params?.refresh_token) ?? null;
   entry.outcome = ctx.status === 200 ? 'rotated' : (ctx.body?.error ?? String(ctx.status));
 }
+
+function isClientCredentials(ctx) {
+  return ctx.oidc?.params?.grant_type === 'client_credentials';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutual TLS: the peer certificate of the HTTPS listener's socket, handed to the provider.
+
+function peerCertificate(ctx) {
+  const { socket } = ctx.req;
+  if (typeof socket.getPeerX509Certificate !== 'function') return undefined; // plain http
+  return socket.getPeerX509Certificate();
+}
+
+function thumbprint(cert) {
+  return createHash('sha256').update(cert.raw).digest('base64url');
+}
+
+const mTLS = {
+  enabled: true,
+  certificateBoundAccessTokens: true,
+  tlsClientAuth: true,
+  selfSignedTlsClientAuth: true,
+  getCertificate(ctx) {
+    const cert = peerCertificate(ctx);
+    return cert ? cert.toString() : undefined;
+  },
+  // Node verified the chain against --tls-client-ca (requestCert with rejectUnauthorized off).
+  certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+  certificateSubjectMatches(ctx, property, expected) {
+    const cert = peerCertificate(ctx);
+    if (!cert) return false;
+    switch (property) {
+      case 'tls_client_auth_subject_dn':
+        return cert.subject.split('\n').join(',') === expected;
+      case 'tls_client_auth_san_dns':
+        return (cert.subjectAltName ?? '').split(', ').includes(`DNS:${expected}`);
+      default:
+        return false;
+    }
+  },
+};
 
 function refreshParams(ctx) {
   const params = ctx.oidc?.params;
@@ -323,6 +386,11 @@ function dropConnection(ctx) {
 
 async function handleTokenRequest(ctx, next) {
   stats.token_requests += 1;
+  const cert = peerCertificate(ctx);
+  if (cert) {
+    const x5t = thumbprint(cert);
+    stats.client_certificates[x5t] = (stats.client_certificates[x5t] ?? 0) + 1;
+  }
   const fault = takeFault();
   const entry = noteRequest(ctx, fault);
   const provider = async () => {
@@ -512,6 +580,7 @@ function clientsFromEnv(redirectUri) {
     'client-post': 'client-post-test-secret',
     ...JSON.parse(process.env.IDP_CLIENT_SECRETS ?? '{}'),
   };
+  const confidential = ['authorization_code', 'refresh_token', 'client_credentials'];
   const common = {
     grant_types: ['authorization_code', 'refresh_token'],
     redirect_uris: [redirectUri],
@@ -522,12 +591,14 @@ function clientsFromEnv(redirectUri) {
     {
       ...common,
       client_id: 'client-basic',
+      grant_types: confidential,
       client_secret: secrets['client-basic'],
       token_endpoint_auth_method: 'client_secret_basic',
     },
     {
       ...common,
       client_id: 'client-post',
+      grant_types: confidential,
       client_secret: secrets['client-post'],
       token_endpoint_auth_method: 'client_secret_post',
     },
@@ -537,11 +608,15 @@ function clientsFromEnv(redirectUri) {
     clients.push({
       ...common,
       client_id: 'client-jwt',
+      grant_types: confidential,
       token_endpoint_auth_method: 'private_key_jwt',
       jwks: JSON.parse(process.env.IDP_CLIENT_JWKS),
     });
   } else {
     process.stderr.write('IDP_CLIENT_JWKS not set: client-jwt is not registered\n');
+  }
+  for (const extra of JSON.parse(process.env.IDP_EXTRA_CLIENTS ?? '[]')) {
+    clients.push({ ...common, ...extra });
   }
   return withSeeding(clients);
 }
@@ -587,10 +662,20 @@ function createProvider(issuer) {
     jwks: signingKeys(),
     scopes: SCOPES,
     routes: { token: TOKEN_PATH },
+    clientAuthMethods: [
+      'client_secret_basic',
+      'client_secret_post',
+      'private_key_jwt',
+      'tls_client_auth',
+      'self_signed_tls_client_auth',
+      'none',
+    ],
     features: {
       devInteractions: { enabled: true }, // the login and consent forms seeding tests drive
       deviceFlow: { enabled: true },
       revocation: { enabled: true },
+      clientCredentials: { enabled: true },
+      mTLS,
     },
     findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
     issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
@@ -603,7 +688,7 @@ function createProvider(issuer) {
       AuthorizationCode: 60,
       Interaction: 3600,
       Session: 14 * 24 * 3600,
-      ClientCredentials: 600,
+      ClientCredentials: () => settings.accessTokenTtl,
       DeviceCode: () => settings.deviceCodeTtl,
       BackchannelAuthenticationRequest: 600,
       PreAuthorizedCode: 600,
@@ -623,7 +708,21 @@ function createProvider(issuer) {
   provider.on('grant.error', (ctx) => {
     if (ctx.oidc.params?.grant_type === DEVICE_CODE) stats.device_polls += 1;
   });
+  provider.on('grant.success', (ctx) => {
+    if (isClientCredentials(ctx)) {
+      stats.client_credentials_issued += 1;
+      const { clientId } = ctx.oidc.client;
+      stats.client_credentials_by_client[clientId] =
+        (stats.client_credentials_by_client[clientId] ?? 0) + 1;
+      const bound = ctx.oidc.entities.ClientCredentials?.['x5t#S256'];
+      if (bound) stats.bound_tokens[bound] = (stats.bound_tokens[bound] ?? 0) + 1;
+    }
+  });
   provider.on('grant.error', (ctx, err) => {
+    if (isClientCredentials(ctx)) {
+      stats.client_credentials_errors[err.error] =
+        (stats.client_credentials_errors[err.error] ?? 0) + 1;
+    }
     const params = refreshParams(ctx);
     if (!params) return;
     if (err.error === 'invalid_grant') {
@@ -664,17 +763,56 @@ server.on('error', (err) => {
   process.stderr.write(`cannot listen on ${HOST}:${args.port}: ${err.message}\n`);
   process.exit(1);
 });
-server.listen(Number(args.port), HOST, () => {
+// The mutual-TLS listener, when asked for: same provider, HTTPS, client certificates requested.
+const mtlsServer = args['mtls-port'] === undefined ? undefined : https.createServer({
+  cert: readFileSync(args['tls-cert']),
+  key: readFileSync(args['tls-key']),
+  ca: args['tls-client-ca'] ? readFileSync(args['tls-client-ca']) : undefined,
+  requestCert: true,
+  rejectUnauthorized: false,
+});
+
+/** Name the mTLS listener in discovery (RFC 8705 §5); oidc-provider does not do it itself. */
+function withMtlsAlias(mtlsPort) {
+  const alias = `https://${HOST}:${mtlsPort}${TOKEN_PATH}`;
+  return async (ctx, next) => {
+    await next();
+    if (ctx.path.startsWith('/.well-known/') && ctx.status === 200 && ctx.body) {
+      ctx.body = { ...ctx.body, mtls_endpoint_aliases: { token_endpoint: alias } };
+    }
+  };
+}
+
+function listen(target, port) {
+  return new Promise((resolve) => {
+    target.listen(port, HOST, () => resolve(target.address().port));
+  });
+}
+
+server.listen(Number(args.port), HOST, async () => {
   const { port } = server.address();
   const issuer = `http://${HOST}:${port}`;
-  server.on('request', createProvider(issuer).callback());
-  process.stdout.write(`${JSON.stringify({ ready: true, port, issuer })}\n`);
+  const provider = createProvider(issuer);
+  const ready = { ready: true, port, issuer };
+  if (mtlsServer) {
+    mtlsServer.on('error', (err) => {
+      process.stderr.write(`cannot listen for mTLS on ${HOST}: ${err.message}\n`);
+      process.exit(1);
+    });
+    ready.mtls_port = await listen(mtlsServer, Number(args['mtls-port']));
+    provider.use(withMtlsAlias(ready.mtls_port));
+    mtlsServer.on('request', provider.callback());
+  }
+  server.on('request', provider.callback());
+  process.stdout.write(`${JSON.stringify(ready)}\n`);
 });
 
 for (const signal of ['SIGTERM', 'SIGINT']) {
   process.on(signal, () => {
     server.close();
     server.closeAllConnections();
+    mtlsServer?.close();
+    mtlsServer?.closeAllConnections();
     process.exit(0);
   });
 }

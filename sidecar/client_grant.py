@@ -1,0 +1,243 @@
+"""One ``client_credentials`` credential's loop: read, exchange, publish, sleep.
+
+The client authenticates as itself (RFC 6749 §4.4) and gets an access token; there is no
+refresh token, so nothing is single-use and nothing needs protecting across replicas or
+restarts. Hence a loop of its own, beside :mod:`sidecar.refresher` rather than inside it:
+none of the refresher's machinery (claims, the journal, write-backs, salvaged tokens) applies,
+and this loop never writes to Vault, so its Vault policy can be read-only. It shares the
+refresher's policy, the token sink, the status board, the observer (metrics, Events) and the
+schedule.
+
+Each replica obtains its own tokens. Sharing one access token through Vault, as the
+refresher does, would save the authorization server N-1 exchanges per refresh period for N
+replicas, at the cost of Vault write access to the client's credentials, two writes and a
+claim protocol per period, and tokens that fail together; certificate-bound tokens (RFC 8705)
+cannot be shared at all by replicas holding different certificates. README "Replicas with
+client_credentials" has the measurement behind that choice.
+
+A cycle:
+
+1. read the secret, when one is configured (its client secret, key or certificate may have
+   been rotated); while Vault is unreachable, the secret read before keeps being used (R6);
+2. combine configuration and secret into the client's credentials
+   (:func:`sidecar.client_auth.client_credentials`);
+3. one exchange; an answer lost in transit is simply retried with backoff, since the same
+   request can be sent again without harm;
+4. publish the token and sleep until the refresh window (about 2/3 of its lifetime).
+
+Failures follow the error tree: retryable ones back off (honouring ``Retry-After``); final
+ones (``invalid_client``, an expired client certificate, a secret without the fields the
+method needs) wait ``secret_poll`` seconds, then read the secret and the files again. The
+current token stays published until it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+
+from sidecar.backoff import backoff_delay
+from sidecar.client_auth import ClientTemplate, client_credentials
+from sidecar.errors import FinalError, SidecarError, VaultUnavailable
+from sidecar.model import ClientCredentials, PublishedToken, StoredSecret, TokenGrant
+from sidecar.ports import Clock, RefreshObserver, SecretStore, TokenSink
+from sidecar.redact import REDACTOR, Redactor
+from sidecar.refresher import LIVENESS_SLACK, RefreshPolicy
+from sidecar.schedule import effective_lifetime, refresh_window
+from sidecar.status import CredentialStatus, Phase
+
+__all__ = ["ClientCredentialsExchanger", "ClientCredentialsLoop"]
+
+log = structlog.get_logger("sidecar.client_grant")
+
+
+class ClientCredentialsExchanger(Protocol):
+    """One credential's token endpoint, for the ``client_credentials`` grant."""
+
+    async def client_credentials(self, client: ClientCredentials) -> TokenGrant:
+        """Ask for an access token once (``grant_type=client_credentials``); no retries."""
+        ...
+
+
+class ClientCredentialsLoop:
+    """Keeps one ``client_credentials`` credential's token file fresh; ``run``/``once`` as the
+    refresher's."""
+
+    def __init__(
+        self,
+        *,
+        store: SecretStore | None,
+        exchanger: ClientCredentialsExchanger,
+        sink: TokenSink,
+        client: ClientTemplate,
+        status: CredentialStatus,
+        clock: Clock,
+        stop: asyncio.Event,
+        policy: RefreshPolicy,
+        observer: RefreshObserver | None = None,
+        rng: random.Random | None = None,
+        redactor: Redactor = REDACTOR,
+    ) -> None:
+        self._store = store
+        self._exchanger = exchanger
+        self._sink = sink
+        self._client = client
+        self.status = status
+        self._clock = clock
+        self._stop = stop
+        self._policy = policy
+        self._observer = observer
+        self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
+        self._redactor = redactor
+        self._log = log.bind(credential=status.name, grant="client_credentials")
+        self._secret: StoredSecret | None = None
+        self._published: str | None = None
+        self._failures = 0
+        self._next = -math.inf
+        self._oneshot = False
+        self._done = False
+
+    @property
+    def name(self) -> str:
+        return self.status.name
+
+    async def run(self) -> None:
+        """Keep a fresh token published until stop is set."""
+        self._sink.prepare()
+        try:
+            while not (self._stop.is_set() or self._done):
+                now = self._clock.monotonic()
+                if now >= self._next:
+                    await self._cycle()
+                    continue
+                self.status.alive_until = now + (self._next - now) + LIVENESS_SLACK
+                await self._clock.wait(self._stop, self._next - now)
+        finally:
+            self._set_phase(Phase.STOPPED)
+            self.status.alive_until = math.inf
+
+    async def once(self) -> None:
+        """Obtain and publish one token, then return; raises the first failure."""
+        self._oneshot = True
+        await self.run()
+
+    async def _cycle(self) -> None:
+        try:
+            secret = await self._read()
+        except SidecarError as exc:
+            self._fail(exc, "secret.read_failed")
+            return
+        try:
+            client = client_credentials(self._client, secret)
+        except SidecarError as exc:
+            self._fail(exc, "secret.invalid")
+            return
+        self._redactor.add(client.client_secret, client.private_key)
+        started = self._clock.monotonic()
+        issued_at = self._clock.time()
+        self.status.last_attempt_at = issued_at
+        self._promise(self._policy.exchange_timeout)
+        try:
+            grant = await self._exchanger.client_credentials(client)
+        except SidecarError as exc:
+            self._record(exc.kind, started)
+            self._fail(exc, "token.refresh_failed")
+            return
+        self._record("success", started)
+        self._redactor.add(grant.access_token)
+        lifetime = effective_lifetime(grant.expires_in, self._policy.schedule)
+        if not self._publish(grant, issued_at, lifetime):
+            return
+        low, high = refresh_window(lifetime, self._policy.schedule)
+        self._next = started + self._rng.uniform(low, high)
+        self._failures = 0
+        self._done = self._oneshot
+
+    async def _read(self) -> StoredSecret | None:
+        """The secret now; the one read before while Vault is unreachable; None without one."""
+        if self._store is None:
+            return None
+        self._promise(self._policy.operation_timeout)
+        try:
+            secret = await self._store.read()
+        except VaultUnavailable as exc:
+            if self._secret is None or self._oneshot:
+                raise
+            self._log.warning(
+                "secret.read_failed", error=exc.kind, message=exc.message, action="reuse"
+            )
+            return self._secret
+        self._redactor.add(secret.client_secret, secret.private_key, secret.client_key)
+        if self._secret is None or secret.version != self._secret.version:
+            self._log.debug("secret.read", location=secret.location, version=secret.version)
+        self._secret = secret
+        self.status.secret_version = secret.version
+        return secret
+
+    def _publish(self, grant: TokenGrant, issued_at: float, lifetime: float) -> bool:
+        token = PublishedToken(
+            access_token=grant.access_token,
+            token_type=grant.token_type,
+            issued_at=datetime.fromtimestamp(issued_at, tz=UTC),
+            expires_at=datetime.fromtimestamp(issued_at + lifetime, tz=UTC),
+            scope=grant.scope,
+        )
+        try:
+            self._sink.publish(token)
+        except SidecarError as exc:
+            self._fail(exc, "token.publish_failed")
+            return False
+        if self._published not in (None, grant.access_token):
+            self._redactor.discard(self._published)  # in no file and no request any more
+        self._published = grant.access_token
+        status = self.status
+        self._set_phase(Phase.VALID)
+        status.issued_at = issued_at
+        status.expires_at = issued_at + lifetime
+        status.last_success_at = self._clock.time()
+        status.last_error = None
+        status.consecutive_failures = 0
+        self._log.info("token.refreshed", expires_in=round(lifetime, 3), scope=grant.scope)
+        return True
+
+    def _fail(self, exc: SidecarError, event: str) -> None:
+        """Record a failure and schedule the next attempt by its class (R6)."""
+        if self._oneshot:
+            raise exc
+        self._failures += 1
+        status = self.status
+        status.last_error = exc.kind
+        status.consecutive_failures = self._failures
+        if isinstance(exc, FinalError):
+            self._set_phase(Phase.FAILED, exc.kind)
+            delay = max(
+                self._policy.secret_poll,
+                backoff_delay(self._failures, self._policy.backoff, self._rng),
+            )
+        else:
+            phase = Phase.RETRYING if status.issued_at is not None else Phase.STARTING
+            self._set_phase(phase, exc.kind)
+            delay = backoff_delay(self._failures, self._policy.backoff, self._rng, exc.retry_after)
+        self._next = self._clock.monotonic() + delay
+        level = "error" if isinstance(exc, FinalError) else "warning"
+        getattr(self._log, level)(
+            event, error=exc.kind, message=exc.message, retry_in=round(delay, 3)
+        )
+
+    def _promise(self, budget: float) -> None:
+        self.status.alive_until = self._clock.monotonic() + 2 * budget + LIVENESS_SLACK
+
+    def _set_phase(self, phase: Phase, reason: str | None = None) -> None:
+        old = self.status.phase
+        self.status.phase = phase
+        if old is not phase and self._observer is not None:
+            self._observer.phase_changed(self.name, old.value, phase.value, reason)
+
+    def _record(self, outcome: str, started: float) -> None:
+        if self._observer is not None:
+            self._observer.refresh_finished(self.name, outcome, self._clock.monotonic() - started)
