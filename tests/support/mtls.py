@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 __all__ = ["self_signed_client", "thumbprint", "tls_client"]
@@ -50,7 +51,9 @@ def self_signed_client(
     keys = []
     for path in certificates:
         cert = _certificate(path)
-        jwk = ECAlgorithm.to_jwk(cert.public_key(), as_dict=True)  # type: ignore[arg-type]
+        public_key = cert.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey), "TlsMaterial makes EC keys"
+        jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
         der = cert.public_bytes(serialization.Encoding.DER)
         keys.append({**jwk, "x5c": [base64.b64encode(der).decode()], "use": "sig"})
     return {
