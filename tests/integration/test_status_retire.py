@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -104,6 +105,20 @@ def test_status_of_a_missing_secret_and_an_optional_credential(
     assert missing.events()[0]["state"] == "missing"
     deployment.write_config(required=False)
     assert operator.run("status").process.returncode == 0
+
+
+def test_status_with_the_vault_cli_token_file(
+    operator: OperatorCli, deployment: Deployment, tmp_path: Path
+) -> None:
+    """An operator who ran ``vault login``: no VAULT_TOKEN, the token in ~/.vault-token."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".vault-token").write_text(operator.vault_token)
+    operator.vault_token = ""
+    operator.extra_env["HOME"] = str(home)
+    status = operator.run("status")
+    assert status.process.returncode == 0, status.stderr
+    assert status.events()[0]["state"] == "ok"
 
 
 def test_retire_revokes_and_replicas_stop_and_report_it(

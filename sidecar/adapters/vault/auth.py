@@ -87,12 +87,18 @@ def login_payload(auth: VaultAuthConfig) -> dict[str, str]:
 
 
 def given_token(auth: VaultAuthConfig, environ: Mapping[str, str]) -> str:
-    """The token of the ``token`` method: ``token_file``, else ``VAULT_TOKEN``."""
+    """The token of the ``token`` method: ``token_file``, else ``VAULT_TOKEN``, else
+    ``$HOME/.vault-token`` (where ``vault login`` leaves it, as the Vault CLI reads it)."""
     if auth.token_file is not None:
         return read_credential_file(auth.token_file, "Vault token")
     token = environ.get("VAULT_TOKEN", "").strip()
-    if not token:
-        raise VaultAuthFailed(
-            "no Vault token: set vault.auth.token_file or the VAULT_TOKEN environment variable"
-        )
-    return token
+    if token:
+        return token
+    home = environ.get("HOME")
+    helper = Path(home) / ".vault-token" if home else None
+    if helper is not None and helper.is_file():
+        return read_credential_file(helper, "Vault token")
+    raise VaultAuthFailed(
+        "no Vault token: set vault.auth.token_file or the VAULT_TOKEN environment variable, "
+        "or log in with the Vault CLI (~/.vault-token)"
+    )
