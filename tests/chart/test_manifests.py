@@ -170,3 +170,47 @@ def test_vault_files_match_the_example() -> None:
     assert defaults["ROLE"] == EXAMPLE["config"]["vault"]["auth"]["role"]
     assert defaults["SERVICE_ACCOUNT"] == EXAMPLE["serviceAccount"]["name"]
     assert defaults["AUDIENCE"] == "vault"
+
+
+def test_plain_injector_manifest(tmp_path: Path) -> None:
+    from sidecar.injector.app import load_config  # noqa: PLC0415
+    from tests.support.podsecurity import restricted_violations  # noqa: PLC0415
+
+    objects = load_all(MANIFESTS / "injector" / "token-sidecar-injector.yaml")
+    namespace = render_manifests.INJECTOR_NAMESPACE
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "ConfigMap",
+            "Service",
+            "Deployment",
+            "PodDisruptionBudget",
+            "MutatingWebhookConfiguration",
+            "Certificate",
+            "Certificate",
+            "Issuer",
+            "Issuer",
+        ]
+    )
+    assert validate_objects(objects, "native") == []
+    for obj in objects:
+        assert "helm.sh/chart" not in obj["metadata"].get("labels", {})
+        if obj["kind"] != "MutatingWebhookConfiguration":
+            assert obj["metadata"]["namespace"] == namespace, obj["kind"]
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    assert restricted_violations(deployment["spec"]["template"]) == []
+    [webhook_config] = [o for o in objects if o["kind"] == "MutatingWebhookConfiguration"]
+    [webhook] = webhook_config["webhooks"]
+    service = webhook["clientConfig"]["service"]
+    assert (service["name"], service["namespace"]) == ("token-sidecar-injector", namespace)
+    annotation = webhook_config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    certificates = {o["metadata"]["name"] for o in objects if o["kind"] == "Certificate"}
+    assert annotation.split("/") == [namespace, "token-sidecar-injector"]
+    assert "token-sidecar-injector" in certificates
+    [config_map] = [o for o in objects if o["kind"] == "ConfigMap"]
+    path = tmp_path / "injector.yaml"
+    path.write_text(config_map["data"]["injector.yaml"], encoding="utf-8")
+    config = load_config(path)
+    assert config.vault.settings.address == "https://vault.vault.svc:8200"
+    assert config.injector.sidecar.mode == "native"
