@@ -120,6 +120,7 @@ class Injector:
             {"/mutate": Route(("POST",), self._mutate)},
             ssl_context=self.reloader.context if self.reloader else None,
             max_body_bytes=settings.max_request_bytes,
+            read_timeout=settings.read_timeout_seconds,
             name="webhook",
         )
         health_host, health_port = _host_port(settings.health_address)

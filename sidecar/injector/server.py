@@ -194,13 +194,15 @@ class HttpServer:
         budget = self._max_head
         request_line = b""
         headers: dict[str, str] = {}
+        lines = 0
         while True:
             try:
                 line = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as exc:
                 raise _HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) from exc
             budget -= len(line)
-            if budget < 0 or len(headers) > _MAX_HEADERS:
+            lines += 1
+            if budget < 0 or lines > _MAX_HEADERS:
                 raise _HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
             if not request_line:
                 request_line = line if line.strip() else b""

@@ -122,6 +122,11 @@ class InjectorSettings(_Section):
     health_address: str = "0.0.0.0:8099"
     reload_interval_seconds: Annotated[float, Field(gt=0, le=300)] = 2.0
     max_request_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 3 * 1024 * 1024
+    read_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=10.0,
+        description="Deadline for a request's TLS handshake, head and body; the API server "
+        "gives up after the webhook's timeoutSeconds (at most 10) anyway.",
+    )
     sidecar: SidecarTemplate = SidecarTemplate()
 
     @field_validator("listen", "health_address")

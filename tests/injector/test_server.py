@@ -273,3 +273,47 @@ def test_config_problems_name_their_keys(tmp_path: Path) -> None:
         "injector.sidecar.tokens_size_limit",
     ):
         assert key in text, text
+
+
+async def raw_exchange(port: int, data: bytes, ca: Path) -> bytes:
+    """Send raw bytes over TLS and return everything the server answers."""
+    context = ssl.create_default_context(cafile=str(ca))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    writer.write(data)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", b"413"),
+        (
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"411",
+        ),
+        (b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n", b"400"),
+        (b"POST /mutate HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", b"431"),
+        (b"BREW /mutate HTCPCP/1.0\r\n\r\n", b"400"),
+        (b"POST /mutate HTTP/1.1\r\nContent-Length: 10\r\n\r\n{", b"408"),
+    ],
+    ids=["too-large", "chunked", "bad-length", "header-flood", "not-http", "body-stalls"],
+)
+def test_hostile_requests_are_answered_and_the_server_survives(
+    request_bytes: bytes, status: bytes, tmp_path: Path, tls: TlsMaterial, served: Any
+) -> None:
+    body, _ = fixture(FIXTURES[0])
+
+    async def test() -> None:
+        config = write_config(
+            tmp_path / "config.yaml", max_request_bytes=65536, read_timeout_seconds=1
+        )
+        async with injector(config, tls_flags(served)) as server:
+            answer = await raw_exchange(server.webhook.port, request_bytes, tls.ca)
+            assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == status, answer[:200]
+            async with client(tls.ca) as http:
+                assert (await http.post(webhook_url(server), json=body)).status_code == 200
+
+    run(test)
