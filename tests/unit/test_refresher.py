@@ -12,6 +12,7 @@ from sidecar.errors import (
     InvalidGrant,
     ResponseLost,
     SecretNotFound,
+    SecretRetired,
     TokenEndpointUnavailable,
     VaultUnavailable,
 )
@@ -167,6 +168,23 @@ def test_operator_write_during_rotation_is_adopted_not_overwritten() -> None:
     assert writes[0] == "rt-0000000002"  # lost the CAS race
     assert rig.exchanger.presented[1] == "rt-operator-01"
     assert rig.store.version >= 3
+
+
+def test_retire_during_rotation_stops_presenting_and_drops_the_write_back() -> None:
+    """``token-sidecar retire`` marks the secret while this replica exchanges: its write-back
+    loses the check-and-set, the fresh read says retired, and nothing is presented again."""
+    rig = Rig()
+
+    def operator_retires(token: str) -> None:
+        rig.store.operator_write(token)
+        rig.store.fail_reads = [SecretRetired("secret/apps/demo: retired")] * 50
+
+    rig.exchanger.script = [operator_retires]
+    rig.run_for(120)
+    assert len(rig.exchanges()) == 1
+    assert rig.status.last_error == "retired"
+    assert rig.status.writeback_pending is False
+    assert rig.store.data["refresh_token"] == "rt-0000000001"  # the write-back never landed
 
 
 def test_retry_after_is_honoured() -> None:
