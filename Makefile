@@ -4,12 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 IDP    := tests/support/idp
 
-.PHONY: help demo test unit integration slow lint fmt clean manifests chart image e2e bench soak
+.PHONY: help demo test unit pythons integration slow lint fmt clean manifests chart image e2e bench soak
 
 help:
 	@echo "make demo   run the sidecar against a local OpenBao and authorization server"
 	@echo "make test   lint, type-check and run every test (what CI runs)"
 	@echo "make unit   fast unit tests only"
+	@echo "make pythons  the unit tests on every other Python the package claims (3.12, 3.13, ...)"
 	@echo "make lint   ruff, mypy --strict and the import layering contract"
 	@echo "make slow   long-running variants (a 300-iteration kill loop)"
 	@echo "make manifests  regenerate manifests/ from the chart (CI checks for drift)"
@@ -34,6 +35,10 @@ demo: $(VENV)/.installed $(IDP)/node_modules/.installed
 
 test: lint $(IDP)/node_modules/.installed
 	$(PY) -m pytest
+	$(PY) scripts/unit_pythons.py
+
+pythons: $(VENV)/.installed  # the unit suite on every other Python the package claims and the machine has
+	$(PY) scripts/unit_pythons.py
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
@@ -77,4 +82,4 @@ fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix sidecar tests scripts bench
 
 clean:
-	rm -rf $(VENV) $(IDP)/node_modules .pytest_cache .mypy_cache .ruff_cache .demo
+	rm -rf $(VENV) .venv-3.* $(IDP)/node_modules .pytest_cache .mypy_cache .ruff_cache .demo

@@ -157,7 +157,7 @@ def _per_rotation(rec: _Recorder) -> list[dict[str, float]]:
 
 async def _drive(config: Path, rotations: int, log: Path) -> _Recorder:
     from sidecar.app import App  # noqa: PLC0415
-    from sidecar.config import load_settings  # noqa: PLC0415
+    from sidecar.configload import load_settings  # noqa: PLC0415
     from sidecar.logs import configure_logging  # noqa: PLC0415
 
     settings = load_settings(config)

@@ -52,7 +52,7 @@ __all__ = [
     "schedule_policy",
 ]
 
-log = structlog.get_logger("sidecar.app")
+log = structlog.get_logger(__name__)
 
 
 class _Observers:
@@ -309,7 +309,10 @@ class App:
     # -- check ------------------------------------------------------------------------
 
     async def check(self) -> list[CheckResult]:
-        """Log in, read every secret, reach every endpoint; exchange nothing."""
+        """Log in, read every secret, reach every endpoint, look at every output directory.
+
+        Exchanges nothing and changes nothing: no directory is created, no file removed.
+        """
         results: list[CheckResult] = []
         auth = self.settings.vault.auth
         if any(c.kv_path is not None for c in self.settings.credentials):
@@ -358,10 +361,8 @@ class App:
         except SidecarError as exc:
             results.append(CheckResult(subject, ok=False, detail=exc.message))
         try:
-            FileSink(credential.output_dir, mode=credential.file_mode).prepare()
-            results.append(
-                CheckResult(subject, ok=True, detail=f"output_dir {credential.output_dir} usable")
-            )
+            found = FileSink(credential.output_dir, mode=credential.file_mode).check()
+            results.append(CheckResult(subject, ok=True, detail=found))
         except SidecarError as exc:
             results.append(CheckResult(subject, ok=False, detail=exc.message))
         return results

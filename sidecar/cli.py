@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
         return _injector(args, config)
 
     with _collector_paused():
-        from sidecar.config import load_settings  # noqa: PLC0415  # keep --version instant
+        from sidecar.configload import load_settings  # noqa: PLC0415  # keep --version instant
         from sidecar.errors import ConfigError  # noqa: PLC0415
         from sidecar.logs import configure_logging  # noqa: PLC0415
 

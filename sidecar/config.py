@@ -14,7 +14,8 @@ Precedence, highest first:
 4. the defaults below.
 
 Reading the file and the environment and naming every problem at once, each by its key, is
-:mod:`sidecar.configload`'s job; :func:`load_settings` is its entry point.
+:mod:`sidecar.configload`'s job (:func:`~sidecar.configload.load_settings`). This module reads
+no file; it belongs to the pure core.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ __all__ = [
     "VaultConfig",
     "check_url",
     "duplicate_credentials",
-    "load_settings",
 ]
 
 ENV_PREFIX = "TOKEN_SIDECAR_"
@@ -512,7 +512,7 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             if not isinstance(data, Mapping):
                 raise
-            # Not a ValueError: pydantic lets it through untouched, to load_settings.
+            # Not a ValueError: pydantic lets it through untouched, to configload.
             raise InvalidSettings(exc, data) from None
 
     @classmethod
@@ -558,13 +558,3 @@ def duplicate_credentials(credentials: list[tuple[Any, Any]]) -> list[str]:
                 )
             seen_dirs.setdefault(out, name)
     return problems
-
-
-def load_settings(path: Path | None = None) -> Settings:
-    """Read the YAML file (if any) and the environment; raise ConfigError listing every problem.
-
-    See :func:`sidecar.configload.load`.
-    """
-    from sidecar.configload import load  # noqa: PLC0415  # it builds on this schema
-
-    return load(path)

@@ -1,13 +1,13 @@
 """Loading the configuration: the YAML file, ``VAULT_*`` and the environment, checked at once.
 
-Unknown keys and bad values stop start-up: :func:`load` raises :class:`ConfigError` with one
-message per problem, each naming its key (``credentials[0].token_endpoint``). Values are never
-echoed, since a misplaced secret could be among them.
+Unknown keys and bad values stop start-up: :func:`load_settings` raises :class:`ConfigError`
+with one message per problem, each naming its key (``credentials[0].token_endpoint``). Values
+are never echoed, since a misplaced secret could be among them.
 
 Every problem is reported at once, contradictions between keys included. Pydantic checks a
 model's cross-key rules (its ``after`` validators) only when each of its fields is valid, so
-when anything failed, :func:`load` checks each rule again on its own keys (see ``_RULES``) and
-adds what that finds.
+when anything failed, :func:`load_settings` checks each rule again on its own keys (see
+``_RULES``) and adds what that finds.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from sidecar.config import (
 )
 from sidecar.errors import ConfigError
 
-__all__ = ["load"]
+__all__ = ["load_settings"]
 
 _VAULT_ENV = {"VAULT_ADDR": "address", "VAULT_CACERT": "ca_cert", "VAULT_NAMESPACE": "namespace"}
 
 
-def load(path: Path | None = None) -> Settings:
+def load_settings(path: Path | None = None) -> Settings:
     """Read the YAML file (if any) and the environment; raise ConfigError listing every problem."""
     env = os.environ
     data = _read_yaml(path) if path is not None else {}

@@ -134,7 +134,7 @@ def log_uncaught(
         # Written never to hold a secret, and scrubbed like everything else anyway.
         fields.update(error=first.kind, message=first.message)
     try:
-        structlog.get_logger("sidecar.crash").critical(
+        structlog.get_logger(__name__).critical(
             "sidecar.crashed", **fields, exc_info=(exc_type, exc, tb)
         )
     except Exception:  # noqa: BLE001  # the last resort must not raise; say only the type

@@ -86,7 +86,7 @@ from sidecar.status import CredentialStatus, Phase
 
 __all__ = ["ClientTemplate", "RefreshPolicy", "Refresher", "client_credentials"]
 
-log = structlog.get_logger("sidecar.refresher")
+log = structlog.get_logger(__name__)
 
 #: slack added to every promise the loop makes about when it will act again (liveness).
 LIVENESS_SLACK = 30.0

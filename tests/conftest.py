@@ -1,4 +1,8 @@
-"""Shared fixtures: real servers on 127.0.0.1 (see tests/support) and a leaked-task check."""
+"""Shared fixtures: real servers on 127.0.0.1 (see tests/support).
+
+Leaked tasks fail the tests that drive async code: ``tests/unit/fakes.run_without_leaks`` for
+the core, the ``serving`` helper of ``tests/unit/test_server.py`` for the HTTP server.
+"""
 
 from tests.support.deployment import deployment  # noqa: F401
 from tests.support.idp_fixtures import idp, idp_server  # noqa: F401  # re-exported fixtures

@@ -83,7 +83,7 @@ from sidecar.tls import (
 
 __all__ = ["USER_AGENT", "TokenEndpoint", "make_http_client"]
 
-log = structlog.get_logger("sidecar.adapters.exchange")
+log = structlog.get_logger(__name__)
 
 
 def make_http_client(

@@ -20,7 +20,7 @@ from sidecar.model import JournalEntry
 
 __all__ = ["FileJournal"]
 
-log = structlog.get_logger("sidecar.journal")
+log = structlog.get_logger(__name__)
 
 
 class FileJournal:

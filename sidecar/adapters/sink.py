@@ -11,16 +11,11 @@ Per credential the sink writes two files into its ``output_dir``:
 ``token.json`` is replaced first and ``access_token`` second, so an app that watches
 ``access_token`` finds the matching metadata already in place when it wakes up.
 
-Every replacement is atomic (DESIGN.md, R4): the bytes go to a temporary file in the same
-directory, opened with ``O_CREAT|O_EXCL|O_NOFOLLOW`` under a hidden name with a random suffix
-(so a symlink planted there is never followed: the open fails instead), then fsync, rename
-over the target, fsync of the directory. A reader sees the old file or the new one, never a
-partial or empty one. A symlink *at the target name* is not followed either: the rename
-replaces the link itself. Mode and group are set on the open descriptor, so the process umask
-has no say. Leftover temporary files from a crashed run are removed by :meth:`FileSink.prepare`.
-
-Errors become :class:`~sidecar.errors.SinkError` naming the path and the OS reason; the data
-being written never appears in a message.
+Every replacement is atomic (R4 in docs/design.md), by
+:func:`sidecar.atomicfile.write_atomic`, which the journal uses too. :meth:`FileSink.prepare`
+(``run``, ``once``) creates a missing directory and removes leftover temporary files from a
+crashed run; :meth:`FileSink.check` (``check``) only looks: it creates and removes nothing,
+since a running sidecar may be writing there.
 """
 
 from __future__ import annotations
@@ -111,6 +106,26 @@ class FileSink:
         if removed:
             log.info("sink.leftovers_removed", directory=str(directory), count=removed)
         self._probe()
+
+    def check(self) -> str:
+        """Whether ``run`` could use the directory, without changing anything; raise SinkError.
+
+        An existing directory must be writable and searchable; a missing one needs its nearest
+        existing ancestor to be, so that ``prepare`` can create it. Returns what was found.
+        """
+        directory = self.output_dir
+        target = directory
+        while not target.exists():
+            if target.parent == target:
+                break
+            target = target.parent
+        if not target.is_dir():
+            raise SinkError(f"cannot use directory {directory}: {target} is not a directory")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise SinkError(f"cannot use directory {directory}: {target} is not writable")
+        if target == directory:
+            return f"output_dir {directory} usable"
+        return f"output_dir {directory} absent; run would create it in {target}"
 
     def _probe(self) -> None:
         """Prove now, not at the first refresh, that files can be created here.

@@ -18,7 +18,8 @@ import helm_python
 import kubernetes_validate
 import yaml
 
-from sidecar.config import Settings, load_settings
+from sidecar.config import Settings
+from sidecar.configload import load_settings
 
 __all__ = [
     "CERT_MANAGER_KINDS",

@@ -14,7 +14,7 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 
-from sidecar.config import load_settings
+from sidecar.configload import load_settings
 from sidecar.injector.app import load_config
 from sidecar.injector.review import review
 from sidecar.injector.settings import InjectorConfig

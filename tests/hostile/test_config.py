@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.config import load_settings
+from sidecar.configload import load_settings
 from sidecar.errors import ConfigError
 from tests.hostile.canary import CanaryScan
 

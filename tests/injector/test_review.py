@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import load_settings
+from sidecar.configload import load_settings
 from sidecar.injector.review import BadReview, review
 from tests.injector.support import (
     FIXTURES,

@@ -142,11 +142,13 @@ def test_once_reports_a_rejected_token_and_exits_non_zero(deployment: Deployment
 def test_check_reaches_everything_and_exchanges_nothing(deployment: Deployment) -> None:
     dep = deployment
     before = dep.idp.stats()
+    existed = dep.output_dir.exists()
     result = dep.cli("check")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all checks passed" in result.stdout
     assert dep.idp.stats()["refresh_succeeded"] == before["refresh_succeeded"]
     assert dep.vault_secret()[1] == 1
+    assert dep.output_dir.exists() == existed  # a check validates; it does not prepare
 
 
 def test_check_reports_every_problem(deployment: Deployment) -> None:

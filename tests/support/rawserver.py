@@ -523,6 +523,10 @@ class TlsMaterial:
     ``good``: signed by the CA for 127.0.0.1; ``self_signed``: for 127.0.0.1, signed by
     itself; ``wrong_host``: signed by the CA for ``wrong.example`` only; ``expired``: signed
     by the CA for 127.0.0.1, expired a day ago. Each is a ``(cert, key)`` pair of paths.
+
+    Every certificate conforms to RFC 5280 as Python 3.13's strict verification
+    (``VERIFY_X509_STRICT``) requires: key identifiers (subject and authority), basic
+    constraints and key usage, critical where the RFC says so.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -551,6 +555,10 @@ class TlsMaterial:
                     decipher_only=False,
                 ),
                 critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self._ca_key.public_key()),
+                critical=False,
             )
             .sign(self._ca_key, hashes.SHA256())
         )
@@ -600,6 +608,7 @@ class TlsMaterial:
     ) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         issuer = _name(name) if self_signed else self._ca_cert.subject
+        signer = key if self_signed else self._ca_key
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(name))
@@ -610,7 +619,29 @@ class TlsMaterial:
             .not_valid_after(not_after)
             .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(key if self_signed else self._ca_key, hashes.SHA256())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+                critical=False,
+            )
+            .sign(signer, hashes.SHA256())
         )
         cert_path = self.directory / f"{name}.pem"
         key_path = self.directory / f"{name}.key"

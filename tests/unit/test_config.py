@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import sidecar.config
-from sidecar.config import load_settings
+from sidecar.configload import load_settings
 from sidecar.errors import ConfigError
 
 MINIMAL = """

@@ -27,7 +27,8 @@ from sidecar.adapters.vault import secret_from_kv
 from sidecar.adapters.vault.api import UnexpectedResponse
 from sidecar.app import backoff_policy, schedule_policy
 from sidecar.backoff import BackoffPolicy, backoff_delay
-from sidecar.config import RefreshConfig, load_settings
+from sidecar.config import RefreshConfig
+from sidecar.configload import load_settings
 from sidecar.discovery import parse_discovery
 from sidecar.errors import (
     ClientRejected,

@@ -310,3 +310,26 @@ def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     assert problems == []
     assert reads > 0
     assert (tmp_path / "access_token").read_text() == values[-1]
+
+
+def test_check_changes_nothing_in_a_directory_a_sidecar_may_be_writing(tmp_path: Path) -> None:
+    in_flight = tmp_path / temp_name("access_token", "live1")
+    in_flight.write_bytes(b"being written")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert FileSink(tmp_path).check() == f"output_dir {tmp_path} usable"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert in_flight.read_bytes() == b"being written"
+
+
+def test_check_creates_no_missing_directory(tmp_path: Path) -> None:
+    out = tmp_path / "not" / "yet"
+    found = FileSink(out, group=os.getgid()).check()
+    assert found == f"output_dir {out} absent; run would create it in {tmp_path}"
+    assert not (tmp_path / "not").exists()
+
+
+def test_check_refuses_a_file_where_a_directory_belongs(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SinkError, match="is not a directory"):
+        FileSink(tmp_path / "file" / "tokens").check()
+    assert (tmp_path / "file").read_text() == ""

@@ -16,7 +16,7 @@ from sidecar.status import rfc3339
 
 __all__ = ["VaultSecretStore", "secret_from_kv"]
 
-log = structlog.get_logger("sidecar.adapters.vault")
+log = structlog.get_logger(__name__)
 
 _OPTIONAL_FIELDS = ("client_id", "client_secret", "private_key", "client_cert", "client_key")
 

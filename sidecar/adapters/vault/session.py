@@ -47,7 +47,7 @@ from sidecar.tls import client_context
 
 __all__ = ["RequestObserver", "VaultSession"]
 
-log = structlog.get_logger("sidecar.adapters.vault")
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 RequestObserver = Callable[[str, str], None]
