@@ -6,4 +6,5 @@ the core, the ``serving`` helper of ``tests/unit/test_server.py`` for the HTTP s
 
 from tests.support.deployment import deployment  # noqa: F401
 from tests.support.idp_fixtures import idp, idp_server  # noqa: F401  # re-exported fixtures
+from tests.support.mtls import cc, certificates, mtls_idp, mtls_idp_server  # noqa: F401
 from tests.support.openbao_fixtures import openbao, openbao_server  # noqa: F401

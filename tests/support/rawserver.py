@@ -594,6 +594,7 @@ class TlsMaterial:
             not_after,
             self_signed=self_signed,
             usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            stem=f"client-{name}-{x509.random_serial_number():x}",  # several per subject
         )
 
     def _leaf(
@@ -605,6 +606,7 @@ class TlsMaterial:
         *,
         self_signed: bool = False,
         usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
+        stem: str | None = None,
     ) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         issuer = _name(name) if self_signed else self._ca_cert.subject
@@ -643,8 +645,8 @@ class TlsMaterial:
             )
             .sign(signer, hashes.SHA256())
         )
-        cert_path = self.directory / f"{name}.pem"
-        key_path = self.directory / f"{name}.key"
+        cert_path = self.directory / f"{stem or name}.pem"
+        key_path = self.directory / f"{stem or name}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(
             key.private_bytes(
