@@ -21,7 +21,7 @@ from typing import Any, get_args
 
 from sidecar.config import NAME_PATTERN
 from sidecar.injector.settings import QUANTITY_PATTERN
-from sidecar.model import ClientAuthMethod
+from sidecar.model import ClientAuthMethod, GrantType
 
 __all__ = [
     "CREDENTIAL_KEYS",
@@ -55,6 +55,7 @@ POD_KEYS: Mapping[str, str] = {
 #: Per-credential keys (``<key>-<name>``) and the sidecar config key each sets.
 CREDENTIAL_KEYS: Mapping[str, str] = {
     "credential": "kv_path",
+    "grant": "grant",
     "kv-mount": "kv_mount",
     "token-endpoint": "token_endpoint",
     "issuer": "issuer",
@@ -75,6 +76,7 @@ _BOOLEANS = {"true": True, "false": False}
 _KV_SEGMENT = re.compile(r"[A-Za-z0-9._@-]+")
 _CONTAINER_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _CLIENT_AUTH = get_args(ClientAuthMethod)
+_GRANTS = get_args(GrantType)
 _SUFFIXES = {
     "m": Decimal("0.001"),
     "": Decimal(1),
@@ -312,6 +314,12 @@ def _client_auth(value: str) -> tuple[Any, str | None]:
     return value, None
 
 
+def _grant(value: str) -> tuple[Any, str | None]:
+    if value not in _GRANTS:
+        return None, f"must be one of {', '.join(_GRANTS)}"
+    return value, None
+
+
 def _resources(value: str) -> tuple[Any, str | None]:
     resources = [part for part in re.split(r"[,\s]+", value) if part]
     if not resources:
@@ -333,6 +341,7 @@ _CREDENTIAL_VALUES = {
     "file-group": _group,
     "file-mode": _mode,
     "client-auth": _client_auth,
+    "grant": _grant,
     "resource": _resources,
 }
 

@@ -318,10 +318,19 @@ def _credential(
         CredentialConfig.model_validate(credential)
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False):
-            key = str(error["loc"][0]) if error["loc"] else ""
-            where = ANNOTATION_FOR_FIELD.get(key, "credential")
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(Problem(annotation(where, name), message))
+            if error["loc"]:
+                key = str(error["loc"][0])
+                where = ANNOTATION_FOR_FIELD.get(key, "credential")
+                problems.append(Problem(annotation(where, name), message))
+                continue
+            # A rule across keys: each piece starts with the key it is about.
+            for piece in message.split("; "):
+                key, sep, rest = piece.partition(": ")
+                if sep and key in ANNOTATION_FOR_FIELD:
+                    problems.append(Problem(annotation(ANNOTATION_FOR_FIELD[key], name), rest))
+                else:
+                    problems.append(Problem(annotation("credential", name), piece))
     return credential
 
 

@@ -51,6 +51,12 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     ({f"{P}issuer-billing": "https://idp.example"}, f"{P}issuer-billing", "not both"),
     ({f"{P}token-endpoint-billing": None}, f"{P}token-endpoint-billing", "issuer-billing"),
     ({f"{P}client-auth-billing": "basic"}, f"{P}client-auth-billing", "client_secret_basic"),
+    ({f"{P}grant-billing": "password"}, f"{P}grant-billing", "client_credentials"),
+    (
+        {f"{P}grant-billing": "client_credentials", f"{P}client-auth-billing": "none"},
+        f"{P}client-auth-billing",
+        "needs client authentication",
+    ),
     ({f"{P}required-billing": "yes"}, f"{P}required-billing", '"true" or "false"'),
     ({f"{P}allow-insecure-http-billing": "1"}, f"{P}allow-insecure-http-billing", '"true"'),
     ({f"{P}file-mode-billing": "999"}, f"{P}file-mode-billing", "octal"),
@@ -131,7 +137,7 @@ def test_catalogue_covers_the_issue() -> None:
     }  # fmt: skip
     assert set(CREDENTIAL_KEYS) >= {
         "credential", "kv-mount", "token-endpoint", "issuer", "client-id", "client-auth",
-        "scope", "audience", "resource", "file-mode", "file-group", "required",
+        "scope", "audience", "resource", "file-mode", "file-group", "required", "grant",
     }  # fmt: skip
     # No credential key is the prefix of another: <key>-<name> splits one way only.
     for key in CREDENTIAL_KEYS:

@@ -308,3 +308,22 @@ def test_patch_escapes_slash_and_tilde_in_keys() -> None:
     assert pod["metadata"]["annotations"]["a~b/c~d"] == "~1/~0"
     assert pod["metadata"]["annotations"]["example.com/owner~id"] == "42"
     assert pod["metadata"]["labels"] == {"example.com/team~a": "payments"}
+
+
+def test_client_credentials_grant_reaches_the_sidecar(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = pod_review(
+        {
+            "token-sidecar.io/inject": "true",
+            "token-sidecar.io/credential-svc": "apps/svc/client",
+            "token-sidecar.io/grant-svc": "client_credentials",
+            "token-sidecar.io/client-auth-svc": "tls_client_auth",
+            "token-sidecar.io/token-endpoint-svc": "https://idp.example/token",
+        }
+    )
+    outcome = run(body)
+    assert outcome.decision == "injected", outcome.problems
+    for name, value in sidecar_env(apply(body, outcome)).items():
+        monkeypatch.setenv(name, value)
+    [credential] = load_settings(None).credentials
+    assert (credential.grant, credential.client_auth) == ("client_credentials", "tls_client_auth")
+    assert credential.kv_path == "apps/svc/client"  # the client's secret, certificate and key
