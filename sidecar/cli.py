@@ -60,6 +60,11 @@ def _operator_parsers(
         default="text",
         help="text for people (default), or one JSON object per line on stdout",
     )
+    output.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log at log.level on stderr (default: warnings and errors only)",
+    )
     parents = [common, output]
     seed = commands.add_parser(
         "seed",
@@ -184,7 +189,10 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
             for problem in exc.problems:
                 print(f"config error: {problem}", file=sys.stderr)
             return EXIT_CONFIG
-        configure_logging(settings.log.level, settings.log.format)
+        level = settings.log.level
+        if args.command in _OPERATOR_COMMANDS and not args.verbose and level in ("debug", "info"):
+            level = "warning"  # a person at a terminal reads the command's own output
+        configure_logging(level, settings.log.format)
         import asyncio  # noqa: PLC0415
 
         if args.command in _OPERATOR_COMMANDS:

@@ -5,6 +5,7 @@ the authorization server and answers with more canaries (the device code, the ne
 and refresh tokens), and with error bodies that quote the token or device code back. Every
 output of the three commands, in both output modes and at debug log level, is scanned, as are
 the failures: a refusal without ``--replace``, and a revocation endpoint that is busy first.
+Every command runs with ``--verbose``, so its log lines at debug level are scanned too.
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ def test_operator_commands_print_no_secret(sidecar: Sidecar) -> None:
     revocation = ("--revocation-endpoint", route.url("/revoke"))
     endpoints = ("--device-authorization-endpoint", route.url("/device"), *revocation)
 
-    refused = sidecar.cli("seed", "--credential", "billing", *endpoints, "--output", "text")
+    refused = sidecar.cli(
+        "seed", "--credential", "billing", *endpoints, "--output", "text", "--verbose"
+    )
     assert refused.returncode == 1
     assert "--replace" in refused.stderr
+    assert '"event": "vault.login"' in refused.stderr  # the debug log is there to be scanned
 
     for output in ("json", "text"):
         seeded = sidecar.cli(
@@ -71,6 +75,7 @@ def test_operator_commands_print_no_secret(sidecar: Sidecar) -> None:
             *endpoints,
             "--output",
             output,
+            "--verbose",
             timeout=60,
         )
         assert seeded.returncode == 0, seeded.stderr
@@ -79,7 +84,7 @@ def test_operator_commands_print_no_secret(sidecar: Sidecar) -> None:
     assert data["refresh_token"] == refresh
 
     for output in ("json", "text"):
-        status = sidecar.cli("status", "--output", output)
+        status = sidecar.cli("status", "--output", output, "--verbose")
         assert status.returncode == 0
         assert "billing" in status.stdout
 
@@ -92,14 +97,18 @@ def test_operator_commands_print_no_secret(sidecar: Sidecar) -> None:
         )
 
     route.on("/revoke", busy_quoting, Reply(200, b""))
-    retired = sidecar.cli("retire", "--credential", "billing", *revocation, "--output", "json")
+    retired = sidecar.cli(
+        "retire", "--credential", "billing", *revocation, "--output", "json", "--verbose"
+    )
     assert retired.returncode == 0, retired.stderr
     events = [json.loads(line)["event"] for line in retired.stdout.splitlines()]
     assert "revocation.retry" in events
     assert events[-1] == "retired"
-    again = sidecar.cli("retire", "--credential", "billing", *revocation, "--output", "text")
+    again = sidecar.cli(
+        "retire", "--credential", "billing", *revocation, "--output", "text", "--verbose"
+    )
     assert again.returncode == 0
-    after = sidecar.cli("status", "--output", "text")
+    after = sidecar.cli("status", "--output", "text", "--verbose")
     assert after.returncode == 1
     # The requests the raw server received carried the secrets, as they must.
     assert route.requests("/revoke")[0].form["token"] == [refresh]

@@ -72,6 +72,7 @@ def test_status_reports_rejected_with_exit_1_and_seed_replace_recovers(
     text = operator.run("status", "--credential", "billing", output="text")
     assert text.process.returncode == 0
     assert "".join(text.stdout).startswith("billing: ok (secret/apps/e2e/billing version ")
+    assert text.stderr == ""  # the configuration's debug log only with --verbose
 
     deployment.idp.revoke(grant.grant_id)
     assert wait_for(lambda: health(deployment)["state"] == "rejected", timeout=30)
