@@ -6,13 +6,13 @@ token endpoint for the device and authorization code grants, and the revocation 
 (RFC 7009). The protocol is in the pure modules (:mod:`sidecar.device`, :mod:`sidecar.pkce`,
 :mod:`sidecar.revocation`, :mod:`sidecar.oauth`); this adapter moves bytes: one request at
 a time, redirects never followed, the whole request under one deadline, the body read up to
-a bound, transport failures as :class:`TokenEndpointUnavailable`. Every token it receives is
+a bound (:func:`sidecar.adapters.httpkit.fetch`, as for the token endpoint), transport failures
+as :class:`TokenEndpointUnavailable`. Every token it receives is
 registered with the redactor before anything else happens to it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from sidecar.adapters.httpkit import BodyTooLarge, Progress, fetch, tls_problem
 from sidecar.config import CredentialConfig, check_url
 from sidecar.device import (
     DeviceAuthorization,
@@ -247,26 +248,26 @@ class AuthorizationServer:
         content: bytes | None = None,
     ) -> _Answer:
         where = f"{what} {urlsplit(url).hostname}"
-        body = bytearray()
+        progress = Progress()
         try:
-            async with (
-                asyncio.timeout(self._timeout),
-                self._http.stream(
-                    method,
-                    url,
-                    headers={"Accept": "application/json", **(headers or {})},
-                    content=content,
-                    follow_redirects=False,
-                ) as response,
-            ):
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise MalformedResponse(
-                            f"{where}: response larger than {self._max_bytes} bytes"
-                        )
-                return _Answer(response.status_code, response.headers, bytes(body))
+            request = self._http.build_request(
+                method,
+                url,
+                headers={"Accept": "application/json", **(headers or {})},
+                content=content,
+            )
+            response = await fetch(
+                self._http,
+                request,
+                deadline=self._timeout,
+                limit=self._max_bytes,
+                progress=progress,
+            )
         except TimeoutError as exc:
             raise TokenEndpointUnavailable(f"{where}: no answer within {self._timeout} s") from exc
+        except BodyTooLarge as exc:
+            raise MalformedResponse(f"{where}: response larger than {exc.limit} bytes") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise TokenEndpointUnavailable(f"{where}: {type(exc).__name__}") from exc
+            detail = tls_problem(exc) or type(exc).__name__
+            raise TokenEndpointUnavailable(f"{where}: {detail}") from exc
+        return _Answer(response.status_code, response.headers, bytes(progress.body))
