@@ -93,6 +93,29 @@ def test_device_flow_pending_then_approved(operator: OperatorCli, deployment: De
     assert data["refresh_token"] not in "".join(seed.stdout) + seed.stderr
 
 
+def test_creates_an_absent_secret_with_cas_0(operator: OperatorCli, deployment: Deployment) -> None:
+    """A public client named in the configuration: no secret at all before the seed."""
+    deployment.openbao.root_client().secrets.kv.v2.delete_metadata_and_all_versions(
+        KV_PATH, mount_point="secret"
+    )
+    deployment.write_config(
+        issuer=deployment.idp.issuer,
+        token_endpoint=None,
+        client_id="client-native",
+        client_auth="none",
+    )
+    seed = operator.start("seed", "--credential", "billing", "--by", "alice")
+    shown = seed.event("device.authorization")
+    with User(deployment.idp.issuer) as user:
+        user.approve_device(shown["user_code"])
+    assert seed.wait(30) == 0, seed.stderr
+    data, version = deployment.vault_secret()
+    assert version == 1
+    assert set(data) == {"refresh_token", "token_sidecar"}
+    assert data["token_sidecar"]["seeded"]["by"] == "alice"
+    present_once(deployment, data["refresh_token"], "client-native")
+
+
 def test_access_denied_has_its_own_exit_code(operator: OperatorCli, deployment: Deployment) -> None:
     clients_only(deployment)
     _, version = deployment.vault_secret()
