@@ -118,6 +118,7 @@ def test_next_steps_use_the_real_paths_and_names() -> None:
     assert f"bound_subject=system:serviceaccount:{NAMESPACE}:{fullname}" in notes
     assert "bound_audiences=https://vault.example" in notes
     assert "vault kv put -mount=kv apps/my-app/billing refresh_token=@FILE" in notes
+    assert "token-sidecar --config config.yaml seed --credential billing" in notes
     assert f"exec deploy/{fullname} -c token-sidecar -- token-sidecar check" in notes
     assert "ls -l /var/run/tokens/nested/reports" in notes
     assert f"helm test {RELEASE} -n {NAMESPACE}" in notes
