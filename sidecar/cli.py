@@ -34,6 +34,7 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C during an operator command, as shells report SIGINT
 
 _COMMANDS = {
     "run": "refresh every credential ahead of expiry until SIGTERM",
@@ -201,7 +202,11 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
             from sidecar.app import App  # noqa: PLC0415
 
     if args.command in _OPERATOR_COMMANDS:
-        return asyncio.run(run_command(settings, args, out=out, err=sys.stderr))
+        try:
+            return asyncio.run(run_command(settings, args, out=out, err=sys.stderr))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     command: str = args.command
     return asyncio.run(_main(App, settings, command, out))
 

@@ -7,6 +7,7 @@ the ``token`` auth method and a Vault token limited to the credential's policy.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,6 +156,18 @@ def test_expired_token_answer_from_the_server(
     seed.event("device.authorization")
     assert seed.wait(30) == 4
     assert seed.events()[-1]["error"] == "expired_token"
+
+
+def test_ctrl_c_while_waiting_stops_quietly(operator: OperatorCli, deployment: Deployment) -> None:
+    clients_only(deployment)
+    before = deployment.vault_secret()
+    seed = operator.start("seed", "--credential", "billing", output="text")
+    assert wait_for(lambda: "enter the code" in seed.stderr, timeout=30), seed.stderr
+    seed.process.send_signal(signal.SIGINT)
+    assert seed.wait(30) == 130
+    assert seed.stderr.rstrip().endswith("interrupted")
+    assert "Traceback" not in seed.stderr
+    assert deployment.vault_secret() == before
 
 
 def test_refuses_an_existing_token_without_replace(
