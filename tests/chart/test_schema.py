@@ -28,6 +28,16 @@ from tests.chart.rendering import CHART_DIR
 SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text(encoding="utf-8"))
 CONFIG = SCHEMA["properties"]["config"]
 CREDENTIAL = {"name": "billing", "kv_path": "apps/a", "token_endpoint": "https://idp.example/t"}
+# client_credentials without Vault: everything from configuration and mounted files.
+CC_FILES: dict[str, Any] = {
+    "name": "ledger",
+    "grant": "client_credentials",
+    "client_id": "ledger-writer",
+    "client_auth": "tls_client_auth",
+    "client_cert_file": "/var/run/secrets/client-cert/tls.crt",
+    "client_key_file": "/var/run/secrets/client-cert/tls.key",
+    "issuer": "https://idp.example",
+}
 # Keys only the chart sets, from other values (journal.dir from journal.*).
 CHART_OWNED_SECTIONS = {"journal", "events"}  # rendered from the chart's own values
 
@@ -36,6 +46,10 @@ CHART_OWNED_SECTIONS = {"journal", "events"}  # rendered from the chart's own va
 def chart() -> Iterator[helm_python.Chart]:
     with helm_python.Chart.load(CHART_DIR) as loaded:
         yield loaded
+
+
+def without(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k not in keys}
 
 
 def credential(**extra: Any) -> dict[str, Any]:
@@ -181,6 +195,35 @@ def test_enums_match_the_sidecar(
         pytest.param({"serviceAccountToken": {"expirationSeconds": 60}}, id="sa-token-too-short"),
         pytest.param({"tokens": {"mountPath": "tokens"}}, id="relative-mount-path"),
         pytest.param({"monitoring": {"serviceMonitor": {"enable": True}}}, id="monitor-typo"),
+        pytest.param(credential(grant="password"), id="bad-grant"),
+        pytest.param(
+            credential(grant="client_credentials", client_auth="none"),
+            id="client-credentials-without-client-auth",
+        ),
+        pytest.param(
+            {"config": {"credentials": [{"name": "a", "token_endpoint": "https://i.example"}]}},
+            id="refresh-token-without-kv-path",
+        ),
+        pytest.param(
+            {"config": {"credentials": [without(CC_FILES, "client_id")]}},
+            id="client-credentials-without-kv-path-or-client-id",
+        ),
+        pytest.param(
+            {
+                "config": {
+                    "credentials": [
+                        {k: v for k, v in CC_FILES.items() if not k.startswith("client_")}
+                        | {"client_id": "c", "client_auth": "tls_client_auth"}
+                    ]
+                }
+            },
+            id="tls-auth-without-certificate-source",
+        ),
+        pytest.param(
+            {"config": {"credentials": [without(CC_FILES, "client_key_file")]}},
+            id="certificate-without-key",
+        ),
+        pytest.param(credential(client_cert_file="tls.crt", client_key_file="tls.key"), id="rel"),
     ],
 )
 def test_schema_rejects(chart: helm_python.Chart, values: dict[str, Any]) -> None:
@@ -208,6 +251,15 @@ def test_render_refuses_values_the_schema_rejects(chart: helm_python.Chart) -> N
         pytest.param(credential(file_mode=0o440), id="file-mode-as-number"),
         pytest.param({"global": {"imageRegistry": "x"}}, id="global-as-subchart"),
         pytest.param({"app": {"securityContext": {"runAsUser": 10001}}}, id="k8s-objects-open"),
+        pytest.param(credential(grant="client_credentials"), id="client-credentials-from-vault"),
+        pytest.param({"config": {"credentials": [CC_FILES]}}, id="client-credentials-from-files"),
+        pytest.param(
+            credential(client_auth="self_signed_tls_client_auth"), id="tls-auth-fields-in-vault"
+        ),
+        pytest.param(
+            credential(client_cert_file="/c/tls.crt", client_key_file="/c/tls.key"),
+            id="certificate-bound-refresh-token-grant",
+        ),
     ],
 )
 def test_schema_accepts(chart: helm_python.Chart, values: dict[str, Any]) -> None:
