@@ -203,10 +203,11 @@ class Lab:
         refresh: dict[str, Any] | None = None,
         port: int = 0,
         level: str = "info",
+        grant: str = "refresh_token",
     ) -> Path:
         """Write a config like the chart's: kubernetes auth, journal, JSON logs at info.
 
-        ``credentials`` are ``(name, kv path below bench/, idp name)``.
+        ``credentials`` are ``(name, kv path below bench/, idp name)``, all with ``grant``.
         """
         root.mkdir(parents=True, exist_ok=True)
         config = {
@@ -221,6 +222,7 @@ class Lab:
                     "token_endpoint": self.idps[idp].token_endpoint,
                     "client_auth": "client_secret_basic",
                     "output_dir": str(self.volume(root) / "tokens" / name),
+                    **({"grant": grant} if grant != "refresh_token" else {}),
                 }
                 for name, path, idp in credentials
             ],
@@ -258,6 +260,7 @@ class Lab:
         refresh: dict[str, Any] | None = None,
         level: str = "info",
         wrapper: Sequence[str] = (),
+        grant: str = "refresh_token",
     ) -> Sidecar:
         """Start ``token-sidecar run`` (``python -m sidecar``) from :attr:`source`.
 
@@ -265,7 +268,7 @@ class Lab:
         that runs the sidecar inside an instrumented interpreter (:mod:`bench.imports`).
         """
         root = self.workdir("sidecars", name)
-        config = self.sidecar_config(root, credentials, refresh=refresh, level=level)
+        config = self.sidecar_config(root, credentials, refresh=refresh, level=level, grant=grant)
         log = (root / "sidecar.log").open("wb")
         env = self.env(name)
         if wrapper:

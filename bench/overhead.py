@@ -159,6 +159,7 @@ async def _drive(config: Path, rotations: int, log: Path) -> _Recorder:
     from sidecar.app import App  # noqa: PLC0415
     from sidecar.configload import load_settings  # noqa: PLC0415
     from sidecar.logs import configure_logging  # noqa: PLC0415
+    from sidecar.refresher import Refresher  # noqa: PLC0415
 
     settings = load_settings(config)
     stream = log.open("w")
@@ -166,6 +167,8 @@ async def _drive(config: Path, rotations: int, log: Path) -> _Recorder:
     app = App(settings, clock=FastForwardClock())
     rec = _Recorder()
     (refresher,) = app.refreshers
+    if not isinstance(refresher, Refresher):
+        raise TypeError("the overhead measurement needs a refresh_token credential")
 
     def done() -> None:
         if len(rec.publishes) > rotations:

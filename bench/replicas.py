@@ -14,6 +14,11 @@ of N draws comes sooner than the middle).
 
 Also reported per group: Vault requests on the secret per period (from OpenBao's audit log),
 and the server's reuse and ``invalid_grant`` counters, which must stay at zero (R1).
+
+Beside each group, in the same window and against the same server, as many replicas with
+``grant: client_credentials`` share a secret holding only the client's credentials: they
+share no token (see :mod:`sidecar.client_grant`), so this measures what that choice costs the
+authorization server (``client_credentials_issued`` per period) and Vault.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def measure_replicas(
     )
     period = (low + high) / 2
     members: dict[int, list[Sidecar]] = {}
+    clients: dict[int, list[Sidecar]] = {}
     try:
         for size in groups:
             path = f"replicas-{size}"
@@ -52,7 +58,18 @@ def measure_replicas(
                 lab.launch(f"rep{size}-{i}", [("app", path, f"rep{size}")], refresh=refresh)
                 for i in range(size)
             ]
-        for size, group in members.items():
+            secret = lab.idps[f"rep{size}"].client_secret("client-basic")
+            lab.seed_static(f"cc-{size}", {"client_id": "client-basic", "client_secret": secret})
+            clients[size] = [
+                lab.launch(
+                    f"cc{size}-{i}",
+                    [("app", f"cc-{size}", f"rep{size}")],
+                    refresh=refresh,
+                    grant="client_credentials",
+                )
+                for i in range(size)
+            ]
+        for size, group in [*members.items(), *clients.items()]:
             for sidecar in group:
                 if not wait_until(sidecar.token_file().exists, 60, 0.05):
                     raise RuntimeError(f"{size} replicas: {sidecar.root.name} wrote no token")
@@ -73,7 +90,7 @@ def measure_replicas(
             for size, group in members.items()
         }
     finally:
-        for group in members.values():
+        for group in [*members.values(), *clients.values()]:
             for sidecar in group:
                 sidecar.stop()
 
@@ -84,6 +101,7 @@ def measure_replicas(
         "rotation_period_seconds": round(period, 3),
         "periods_in_window": round(periods, 2),
         "by_replicas": {},
+        "client_credentials": {},
     }
     for size in groups:
         counters = stats[size]
@@ -100,5 +118,19 @@ def measure_replicas(
             "grants_revoked": counters["grants_revoked"],
             "all_alive": alive[size],
             "all_files_fresh": valid[size],
+        }
+        cc_path = f"secret/data/bench/cc-{size}"
+        issued = counters.get("client_credentials_issued", 0)
+        result["client_credentials"][str(size)] = {
+            "exchanges": issued,
+            "exchanges_per_period": round(issued / periods, 3),
+            "vault_reads_per_period": round(
+                sum(1 for op, p in audit if p == cc_path and op == "read") / periods, 2
+            ),
+            "vault_writes_per_period": round(
+                sum(1 for op, p in audit if p == cc_path and op in ("create", "update")) / periods,
+                2,
+            ),
+            "errors": sum(counters.get("client_credentials_errors", {}).values()),
         }
     return result

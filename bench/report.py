@@ -351,6 +351,29 @@ def _replicas(results: dict[str, Any], w: Callable[[str], None]) -> None:
             f"{_fmt(row['all_alive'])} |"
         )
     w("")
+    clients = data.get("client_credentials")
+    if not clients:
+        return
+    w(
+        "Beside each group, in the same window and against the same server, as many replicas "
+        "with `grant: client_credentials` share a secret holding only the client's "
+        'credentials. They share no access token (README, "Replicas with '
+        'client_credentials"), so each replica exchanges once per period and Vault is only '
+        "read: this is what not sharing costs."
+    )
+    w("")
+    w(
+        "| replicas | exchanges | per period | Vault reads / period | Vault writes / period "
+        "| errors |"
+    )
+    w("| --- | --- | --- | --- | --- | --- |")
+    for size, row in clients.items():
+        w(
+            f"| {size} | {row['exchanges']} | {row['exchanges_per_period']:.3f} "
+            f"| {row['vault_reads_per_period']:.2f} | {row['vault_writes_per_period']:.2f} "
+            f"| {row['errors']} |"
+        )
+    w("")
 
 
 def _fleet(results: dict[str, Any], w: Callable[[str], None]) -> None:
