@@ -13,6 +13,7 @@ import contextlib
 import signal
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,9 @@ import structlog
 
 from sidecar.adapters.exchange import TokenEndpoint, make_http_client
 from sidecar.adapters.journal import FileJournal
+from sidecar.adapters.notify import ExecSender, HttpSender, SignalSender
 from sidecar.adapters.server import HealthServer
-from sidecar.adapters.sink import FileSink
+from sidecar.adapters.sink import TOKEN_JSON_FILE, FileSink
 from sidecar.adapters.vault import VaultSecretStore, VaultSession
 from sidecar.backoff import BackoffPolicy
 from sidecar.client_auth import ClientTemplate, client_credentials
@@ -32,8 +34,9 @@ from sidecar.config import CoordinationConfig, CredentialConfig, RefreshConfig, 
 from sidecar.coordination import CoordinationPolicy
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.metrics import Metrics
-from sidecar.model import StoredSecret
-from sidecar.ports import Clock, RefreshObserver
+from sidecar.model import Notification, StoredSecret
+from sidecar.notify import NotifyLoop, NotifyPolicy
+from sidecar.ports import Clock, NotifySender, RefreshObserver
 from sidecar.refresher import Refresher, RefreshPolicy
 from sidecar.schedule import SchedulePolicy
 from sidecar.status import StatusBoard
@@ -137,6 +140,8 @@ class App:
         )
         self.policy = refresh_policy(settings)
         self.endpoints: list[TokenEndpoint] = []
+        self._notify_http: httpx.AsyncClient | None = None
+        self.notifiers: list[NotifyLoop] = []
         self.refreshers: list[Loop] = [self._refresher(c) for c in settings.credentials]
 
     def _refresher(self, credential: CredentialConfig) -> Loop:
@@ -146,8 +151,20 @@ class App:
             grant=credential.grant,
             client_auth=credential.client_auth,
         )
+        loops = self._notify_loops(credential)
+        self.notifiers.extend(loops)
+
+        def published(generation: int, expires_at: datetime, first: bool) -> None:
+            self.metrics.token_published(credential.name, generation)
+            change = Notification(credential.name, generation, expires_at)
+            for loop in loops:
+                loop.rotated(change, first=first)
+
         sink = FileSink(
-            credential.output_dir, mode=credential.file_mode, group=credential.file_group
+            credential.output_dir,
+            mode=credential.file_mode,
+            group=credential.file_group,
+            on_published=published,
         )
         store = self._store(credential)
         if credential.grant == "client_credentials":
@@ -177,6 +194,55 @@ class App:
             observer=self.observer,
             journal=FileJournal(journal_dir, credential.name) if journal_dir else None,
         )
+
+    def _notify_loops(self, credential: CredentialConfig) -> list[NotifyLoop]:
+        """One loop per configured method: each retries on its own (a dead receiver of one
+        method does not hold back another)."""
+        notify = credential.notify
+        if notify is None:
+            return []
+        senders: dict[str, NotifySender] = {}
+        if notify.http is not None:
+            if self._notify_http is None:
+                # Loopback only: no proxy from the environment, no redirects.
+                self._notify_http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+            senders["http"] = HttpSender(
+                notify.http.url, self._notify_http, notify.http.timeout_seconds
+            )
+        if notify.signal is not None:
+            senders["signal"] = SignalSender(
+                notify.signal.pid_file, signal.Signals[notify.signal.signal]
+            )
+        if notify.exec is not None:
+            senders["exec"] = ExecSender(
+                notify.exec.command,
+                notify.exec.timeout_seconds,
+                token_file=credential.output_dir / TOKEN_JSON_FILE,
+            )
+        policy = NotifyPolicy(
+            min_interval=notify.min_interval_seconds,
+            max_delay=notify.max_delay_seconds,
+            # Retry-After means nothing here; the cap is the longest wait there is.
+            backoff=BackoffPolicy(
+                initial=1.0,
+                maximum=notify.retry_max_seconds,
+                max_retry_after=notify.retry_max_seconds,
+            ),
+        )
+        loops = []
+        for method, sender in senders.items():
+            self.metrics.notify_channel(credential.name, method)
+            loops.append(
+                NotifyLoop(
+                    credential=credential.name,
+                    method=method,
+                    sender=sender,
+                    policy=policy,
+                    clock=self.clock,
+                    observer=self.metrics,
+                )
+            )
+        return loops
 
     def _endpoint(self, credential: CredentialConfig) -> TokenEndpoint:
         endpoint = TokenEndpoint(
@@ -221,7 +287,7 @@ class App:
         )
         try:
             with self._signals():
-                await self._supervise(lambda loop: loop.run())
+                await self._supervise(lambda loop: loop.run(), notify=True)
         finally:
             await server.close()
             await self.close()
@@ -255,15 +321,27 @@ class App:
         work: Callable[[Loop], Coroutine[Any, Any, None]],
         *,
         stop_when_done: bool = False,
+        notify: bool = False,
     ) -> None:
-        """One task per credential in one task group, plus the shutdown grace keeper."""
+        """One task per credential in one task group, plus the shutdown grace keeper and,
+        for ``run``, one task per notification method (``once`` tells nobody: it exits)."""
         async with asyncio.TaskGroup() as group:
             workers = [
                 group.create_task(work(r), name=f"refresher:{r.name}") for r in self.refreshers
             ]
             group.create_task(self._enforce_grace(workers), name="grace")
+            if notify and self.notifiers:
+                for loop in self.notifiers:
+                    group.create_task(loop.run(), name=f"notify:{loop.credential}:{loop.method}")
+                group.create_task(self._close_notifiers(workers), name="notify-close")
             if stop_when_done:
                 group.create_task(self._stop_when_done(workers), name="done")
+
+    async def _close_notifiers(self, workers: list[asyncio.Task[None]]) -> None:
+        """Notifications end with the refreshers: after stop, nothing new is published."""
+        await asyncio.gather(*workers, return_exceptions=True)
+        for loop in self.notifiers:
+            loop.close()
 
     async def _stop_when_done(self, workers: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*workers, return_exceptions=True)
@@ -302,6 +380,8 @@ class App:
         for endpoint in self.endpoints:
             await endpoint.aclose()
         await self.http.aclose()
+        if self._notify_http is not None:
+            await self._notify_http.aclose()
         await self.vault.aclose()
         if self.events is not None:
             await asyncio.to_thread(self.events.close)

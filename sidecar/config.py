@@ -50,6 +50,10 @@ __all__ = [
     "InvalidSettings",
     "JournalConfig",
     "LogConfig",
+    "NotifyConfig",
+    "NotifyExecConfig",
+    "NotifyHttpConfig",
+    "NotifySignalConfig",
     "RefreshConfig",
     "ServerConfig",
     "Settings",
@@ -151,6 +155,93 @@ class VaultConfig(_Section):
         return self
 
 
+class NotifyHttpConfig(_Section):
+    """POST ``{"credential", "generation", "expires_at"}`` to the app; a 2xx acknowledges."""
+
+    url: str
+    """The app's URL, on a loopback address in the pod (``http://127.0.0.1:8080/...``). No
+    default. Loopback only: the notification is for the app beside the sidecar."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    """Seconds for one POST, answer included. Default 5."""
+
+    @field_validator("url")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        if not _is_loopback(parts.hostname):
+            raise ValueError("must be on a loopback address (127.0.0.1, ::1, localhost)")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials in the URL")
+        return value
+
+
+_SIGNALS = {"SIGHUP", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGTERM", "SIGQUIT", "SIGWINCH", "SIGCONT"}
+"""Signals that ask a process to do something; SIGKILL and SIGSTOP cannot be handled."""
+
+
+class NotifySignalConfig(_Section):
+    """Send a signal to the process whose pid the app writes to a file."""
+
+    pid_file: Path
+    """File holding the app's pid, re-read at every attempt. No default. Needs a process
+    namespace shared with the app (``shareProcessNamespace: true``; the chart sets it)."""
+    signal: str = "SIGHUP"
+    """Signal name. Default ``SIGHUP``, the conventional "reload your configuration"."""
+
+    @field_validator("signal")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
+        if name not in _SIGNALS:
+            raise ValueError(f"must be one of {', '.join(sorted(_SIGNALS))}")
+        return name
+
+
+class NotifyExecConfig(_Section):
+    """Run a command (no shell) in the sidecar's container; exit 0 acknowledges."""
+
+    command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    """The program and its arguments, run without a shell. No default. It gets
+    ``TOKEN_SIDECAR_CREDENTIAL``, ``..._GENERATION``, ``..._EXPIRES_AT`` and
+    ``..._TOKEN_FILE`` in a small environment, never the token."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """Seconds the command may run; then it is killed and the attempt failed. Default 10."""
+
+
+class NotifyConfig(_Section):
+    """Tell the app when its token changed (see README, "Notifying the app")."""
+
+    http: NotifyHttpConfig | None = None
+    """POST to the app. Default: none."""
+    signal: NotifySignalConfig | None = None
+    """Signal the app's process. Default: none."""
+    exec: NotifyExecConfig | None = None
+    """Run a command. Default: none."""
+    min_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    """Seconds without a further change before one is announced: changes closer together
+    become one notification of the newest. Default 1."""
+    max_delay_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    """Seconds after a change by which it is announced at the latest, however many follow.
+    Default 10."""
+    retry_max_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    """Longest wait between two attempts of a failing notification (they start at 1 s and
+    double). Default 60: a receiver that comes back is told within a minute, and a dead one
+    costs one attempt a minute."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.http is None and self.signal is None and self.exec is None:
+            raise ValueError("set at least one of http, signal and exec")
+        if self.max_delay_seconds < self.min_interval_seconds:
+            raise ValueError("max_delay_seconds: must not be less than min_interval_seconds")
+        return self
+
+    def methods(self) -> list[str]:
+        return [m for m in ("http", "signal", "exec") if getattr(self, m) is not None]
+
+
 class CredentialConfig(_Section):
     """One OAuth client: where its credentials live, whom to ask, where to write."""
 
@@ -210,6 +301,8 @@ class CredentialConfig(_Section):
     the sidecar's own group."""
     required: bool = True
     """Counts towards ``/readyz``. Default true: a pod is ready only with every token."""
+    notify: NotifyConfig | None = None
+    """Tell the app when its token changed. Default: none, the app re-reads the file."""
     allow_insecure_http: bool = False
     """Allow plain http to a non-loopback endpoint. Default false: client secrets and tokens
     must not cross a network in clear text by accident."""

@@ -16,7 +16,8 @@ boundary with ``raise ... from exc``; the core decides what to do from the class
     │   │   └── ResponseLost         request sent, answer lost: the server may have rotated
     │   ├── MalformedResponse        the token endpoint answered something that is not RFC 6749
     │   │                            (``salvaged_refresh_token``: a rotated token it still held)
-    │   └── SinkError                the token file could not be written (disk full, read-only)
+    │   ├── SinkError                the token file could not be written (disk full, read-only)
+    │   └── NotifyFailed             the app was not told of a new token (``kind`` says how)
     └── FinalError                   retrying the same input cannot help; wait for a change
         ├── InvalidGrant             refresh token rejected (invalid_grant): never present it again
         ├── ResponseLostTwice        the retry's answer was lost too: the token may be spent
@@ -49,6 +50,7 @@ __all__ = [
     "FinalError",
     "InvalidGrant",
     "MalformedResponse",
+    "NotifyFailed",
     "ResponseLost",
     "ResponseLostTwice",
     "RetryableError",
@@ -146,6 +148,21 @@ class MalformedResponse(RetryableError):
 
 class SinkError(RetryableError):
     kind = "sink_error"
+
+
+class NotifyFailed(RetryableError):
+    """A notification of a new token did not reach the app; retried until a newer one.
+
+    ``kind`` names how it failed, for the metric's ``outcome`` label: ``unreachable``,
+    ``status``, ``timeout``, ``no_pid_file``, ``no_process``, ``forbidden``, ``exit_status``,
+    ``not_runnable``.
+    """
+
+    kind = "notify_failed"
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class FinalError(SidecarError):

@@ -14,7 +14,11 @@ adapter's callbacks and the Kubernetes Events adapter's callback):
 * ``token_sidecar_vault_requests_total{operation,outcome}`` and
   ``token_sidecar_vault_last_success_timestamp_seconds{operation}``;
 * ``token_sidecar_vault_token_expiry_timestamp_seconds``, once the Vault adapter reports it;
-* ``token_sidecar_events_total{reason,outcome}``: Kubernetes Events sent, failed, dropped.
+* ``token_sidecar_events_total{reason,outcome}``: Kubernetes Events sent, failed, dropped;
+* ``token_sidecar_token_generation{credential}``: the ``generation`` in ``token.json``;
+* ``token_sidecar_notify_total{credential,method,outcome}``,
+  ``token_sidecar_notify_acknowledged_generation{credential,method}`` and
+  ``token_sidecar_notify_consecutive_failures{credential,method}``: telling the app.
 
 State (computed from the :class:`~sidecar.status.StatusBoard` at scrape time, so a scrape
 always agrees with ``/healthz``):
@@ -263,6 +267,30 @@ class Metrics:
             ["reason", "outcome"],
             registry=self.registry,
         )
+        self._generation = Gauge(
+            PREFIX + "token_generation",
+            "The generation in token.json: one more for every new access token.",
+            ["credential"],
+            registry=self.registry,
+        )
+        self._notify = Counter(
+            PREFIX + "notify",
+            "Notifications of a new token to the app by method and outcome.",
+            ["credential", "method", "outcome"],
+            registry=self.registry,
+        )
+        self._notify_acknowledged = Gauge(
+            PREFIX + "notify_acknowledged_generation",
+            "The newest token generation the app acknowledged, by method.",
+            ["credential", "method"],
+            registry=self.registry,
+        )
+        self._notify_failures = Gauge(
+            PREFIX + "notify_consecutive_failures",
+            "Failed notification attempts since the last success, by method.",
+            ["credential", "method"],
+            registry=self.registry,
+        )
         build_info = Gauge(
             PREFIX + "build_info",
             "The running version; always 1.",
@@ -305,6 +333,23 @@ class Metrics:
     def event_result(self, reason: str, outcome: str) -> None:
         """Count one Kubernetes Event (``sent``, ``failed``, ``dropped`` or ``suppressed``)."""
         self._events.labels(reason, outcome).inc()
+
+    def token_published(self, credential: str, generation: int) -> None:
+        """A new access token (``generation``) is in the credential's files."""
+        self._generation.labels(credential).set(generation)
+
+    def notify_channel(self, credential: str, method: str) -> None:
+        """A notification method is configured: its series exist from the first scrape."""
+        self._notify.labels(credential, method, "success")
+        self._notify_failures.labels(credential, method).set(0)
+
+    def notify_finished(
+        self, credential: str, method: str, outcome: str, acknowledged: int, failures: int
+    ) -> None:
+        """Count one notification attempt (``success`` or a NotifyFailed kind)."""
+        self._notify.labels(credential, method, outcome).inc()
+        self._notify_acknowledged.labels(credential, method).set(acknowledged)
+        self._notify_failures.labels(credential, method).set(failures)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for ``GET /metrics``."""

@@ -19,6 +19,7 @@ __all__ = [
     "ClientCredentials",
     "GrantType",
     "JournalEntry",
+    "Notification",
     "PublishedToken",
     "StoredSecret",
     "TokenGrant",
@@ -123,3 +124,13 @@ class JournalEntry:
     """The KV version the token was rotated from; the write-back is check-and-set on it."""
     refresh_token: str = field(repr=False)
     saved_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """What the app is told when its token changed: never the token itself."""
+
+    credential: str
+    generation: int
+    """The ``generation`` in ``token.json``: one more for every new access token."""
+    expires_at: datetime

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from sidecar.model import (
     ClientCredentials,
     JournalEntry,
+    Notification,
     PublishedToken,
     StoredSecret,
     TokenGrant,
@@ -21,6 +22,8 @@ from sidecar.model import (
 __all__ = [
     "Clock",
     "Journal",
+    "NotifyObserver",
+    "NotifySender",
     "RefreshObserver",
     "SecretStore",
     "TokenExchanger",
@@ -113,3 +116,22 @@ class Journal(Protocol):
         ...
 
     def clear(self) -> None: ...
+
+
+class NotifySender(Protocol):
+    """One way of telling the app its token changed (HTTP, a signal, a command)."""
+
+    async def send(self, notification: Notification) -> None:
+        """Tell the app once; return when it acknowledged. Raises NotifyFailed."""
+        ...
+
+
+class NotifyObserver(Protocol):
+    """Receives the outcome of every notification attempt, for metrics."""
+
+    def notify_finished(
+        self, credential: str, method: str, outcome: str, acknowledged: int, failures: int
+    ) -> None:
+        """``outcome`` is ``success`` or a NotifyFailed kind; ``acknowledged`` the newest
+        generation the receiver acknowledged; ``failures`` those since the last success."""
+        ...

@@ -3,8 +3,11 @@
 Per credential the sink writes two files into its ``output_dir``:
 
 ``token.json``
-    ``{"access_token", "token_type", "expires_at", "issued_at"[, "scope"]}``, times in RFC 3339
-    UTC, keys in that order, indented for people who ``cat`` it, newline-terminated.
+    ``{"access_token", "token_type", "expires_at", "issued_at"[, "scope"], "generation"}``,
+    times in RFC 3339 UTC, keys in that order, indented for people who ``cat`` it,
+    newline-terminated. ``generation`` grows by one with every new access token and stays
+    the same when the same token is written again; it continues from the ``token.json`` found
+    at start, so it keeps growing across container restarts (the ``emptyDir`` survives them).
 ``access_token``
     the token alone, no newline, for apps that just read a bearer token.
 
@@ -16,14 +19,21 @@ Every replacement is atomic (R4 in docs/design.md), by
 (``run``, ``once``) creates a missing directory and removes leftover temporary files from a
 crashed run; :meth:`FileSink.check` (``check``) only looks: it creates and removes nothing,
 since a running sidecar may be writing there.
+
+Once both files hold a new generation, ``on_published`` (if given) is called with the
+generation, the expiry and whether the volume held no token before: the hook that tells the
+app (see :mod:`sidecar.notify`). The sink keeps a SHA-256 digest of the published token to
+tell a new token from a re-written one, never the token itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -49,12 +59,12 @@ _DIR_MODE_GROUP = 0o750
 log = structlog.get_logger(__name__)
 
 
-def token_json(token: PublishedToken) -> bytes:
-    """The ``token.json`` document for ``token``."""
+def token_json(token: PublishedToken, generation: int | None = None) -> bytes:
+    """The ``token.json`` document for ``token``, with ``generation`` when given."""
     for stamp in (token.issued_at, token.expires_at):
         if stamp.tzinfo is None:
             raise ValueError("PublishedToken times must be timezone-aware")
-    document: dict[str, str] = {
+    document: dict[str, str | int] = {
         "access_token": token.access_token,
         "token_type": token.token_type,
         "expires_at": rfc3339(token.expires_at.timestamp()),
@@ -62,6 +72,8 @@ def token_json(token: PublishedToken) -> bytes:
     }
     if token.scope:
         document["scope"] = token.scope
+    if generation is not None:
+        document["generation"] = generation
     return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
 
@@ -81,11 +93,18 @@ class FileSink:
         mode: int = 0o440,
         group: int | None = None,
         temp_suffix: Callable[[], str] = random_suffix,
+        on_published: Callable[[int, datetime, bool], None] | None = None,
     ) -> None:
         self.output_dir = output_dir
         self.mode = mode
         self.group = group
         self._temp_suffix = temp_suffix
+        self._on_published = on_published
+        #: the generation in token.json: 0 until a token was found or published.
+        self.generation = 0
+        self._digest: bytes | None = None
+        self._announced = 0
+        self._had_token = False
 
     def __repr__(self) -> str:
         return f"FileSink({str(self.output_dir)!r}, mode={self.mode:#o}, group={self.group})"
@@ -106,6 +125,34 @@ class FileSink:
         if removed:
             log.info("sink.leftovers_removed", directory=str(directory), count=removed)
         self._probe()
+        self._resume()
+
+    def _resume(self) -> None:
+        """Continue from the token.json a previous run left, so generations keep growing."""
+        path = self.output_dir / TOKEN_JSON_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise sink_error("read", path, exc) from exc
+        self._had_token = True
+        try:
+            with os.fdopen(fd, "rb") as file:
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    return
+                document = json.loads(file.read(1_048_576))
+        except (OSError, ValueError):
+            log.warning("sink.previous_unreadable", path=str(path))
+            return
+        if not isinstance(document, dict):
+            return
+        generation = document.get("generation")
+        if isinstance(generation, int) and not isinstance(generation, bool) and generation > 0:
+            self.generation = self._announced = generation
+        token = document.get("access_token")
+        if isinstance(token, str):
+            self._digest = hashlib.sha256(token.encode("utf-8")).digest()
 
     def check(self) -> str:
         """Whether ``run`` could use the directory, without changing anything; raise SinkError.
@@ -157,10 +204,15 @@ class FileSink:
         """Replace ``token.json``, then ``access_token``. Raises SinkError.
 
         If the second write fails, ``access_token`` still holds the previous, still valid
-        token while ``token.json`` describes the new one; the caller retries the publish.
+        token while ``token.json`` describes the new one; the caller retries the publish, which
+        keeps the generation and announces it once both files are written.
         """
+        digest = hashlib.sha256(token.access_token.encode("utf-8")).digest()
+        if digest != self._digest:
+            self.generation += 1
+            self._digest = digest
         for name, data in (
-            (TOKEN_JSON_FILE, token_json(token)),
+            (TOKEN_JSON_FILE, token_json(token, self.generation)),
             (ACCESS_TOKEN_FILE, token.access_token.encode("utf-8")),
         ):
             write_atomic(
@@ -171,3 +223,9 @@ class FileSink:
                 group=self.group,
                 temp_suffix=self._temp_suffix,
             )
+        first = not self._had_token
+        self._had_token = True
+        if self.generation > self._announced:
+            self._announced = self.generation
+            if self._on_published is not None:
+                self._on_published(self.generation, token.expires_at, first)

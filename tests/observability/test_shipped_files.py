@@ -74,6 +74,9 @@ def busy_metrics() -> Metrics:
     metrics.vault_request("login", "success")
     metrics.vault_token_lease(5000.0)
     metrics.event_result("RefreshTokenRejected", "sent")
+    metrics.token_published("billing", 4)
+    metrics.notify_channel("billing", "http")
+    metrics.notify_finished("billing", "http", "unreachable", 3, 1)
     return metrics
 
 

@@ -258,7 +258,14 @@ class Reader(threading.Thread):
             # expires_at has whole seconds, rounded down: the token lasts until the next second
             if expires + timedelta(seconds=1) <= datetime.now(tz=UTC):
                 self.problems.append(f"expired token published: {doc['expires_at']}")
-            if set(doc) - {"access_token", "token_type", "expires_at", "issued_at", "scope"}:
+            if set(doc) - {
+                "access_token",
+                "token_type",
+                "expires_at",
+                "issued_at",
+                "scope",
+                "generation",
+            }:
                 self.problems.append(f"unexpected keys {sorted(doc)}")
 
 

@@ -54,13 +54,21 @@ def test_publish_writes_both_files(tmp_path: Path) -> None:
 
     assert (tmp_path / "access_token").read_bytes() == b"at-0123456789"
     document = json.loads((tmp_path / "token.json").read_text())
-    assert list(document) == ["access_token", "token_type", "expires_at", "issued_at", "scope"]
+    assert list(document) == [
+        "access_token",
+        "token_type",
+        "expires_at",
+        "issued_at",
+        "scope",
+        "generation",
+    ]
     assert document == {
         "access_token": "at-0123456789",
         "token_type": "Bearer",
         "expires_at": "2026-11-22T13:46:00Z",
         "issued_at": "2026-11-22T13:41:00Z",
         "scope": "read write",
+        "generation": 1,
     }
     assert names(tmp_path) == ["access_token", "token.json"]
 

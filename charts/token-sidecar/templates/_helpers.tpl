@@ -268,3 +268,12 @@ classic mode it belongs in containers.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when a credential tells its app by signal: the sidecar must see the app's processes.
+*/}}
+{{- define "token-sidecar.notifiesBySignal" -}}
+{{- range $credential := .Values.config.credentials | default (list) -}}
+{{- if (($credential.notify | default dict).signal) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
