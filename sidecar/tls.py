@@ -189,6 +189,12 @@ def load_client_certificate(
     if b"PRIVATE KEY-----" not in text.key:
         raise ClientCertificateInvalid(f"{text.key_source}: no PEM private key in it")
     context = client_context(ca_cert, needed=True, setting="http.ca_cert")
+    # TLS 1.2 at most when presenting a certificate: there the server accepts or refuses it
+    # during the handshake, before any request is sent. Under TLS 1.3 a refusal reaches the
+    # client only after it has sent the request, and over asyncio it shows as a broken
+    # connection, the same as an answer lost in transit, which costs a rotating refresh token
+    # (R1 gives it up after the retry). RFC 8705 and FAPI work over TLS 1.2.
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
     try:
         _load_chain(context, text.cert.rstrip(b"\n") + b"\n" + text.key)
     except ssl.SSLError as exc:

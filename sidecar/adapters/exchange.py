@@ -31,7 +31,11 @@ classification, discovery validation) lives in the pure :mod:`sidecar.oauth`.
   change builds a new client and closes the old one (``tls.client_certificate_loaded``, info).
   Such a request goes to discovery's ``mtls_endpoint_aliases.token_endpoint`` when the server
   names one. An expired, unreadable or mismatched certificate raises
-  :class:`ClientCertificateInvalid` naming the file or field, before anything is sent.
+  :class:`ClientCertificateInvalid` naming the file or field, before anything is sent. A
+  server that refuses the certificate in the handshake (a TLS alert such as
+  ``certificate_required`` or ``unknown_ca``, which TLS 1.3 delivers only when the client
+  reads) processed nothing: :class:`ClientRejected` (``invalid_client``), never a lost answer,
+  so a refresh token is not given up for it.
 
 Log events: ``token.exchange`` and ``token.discovery`` at debug, with status, duration and
 sizes; never a body, a header value or a token.
@@ -40,6 +44,7 @@ sizes; never a body, a header value or a token.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import ssl
 from collections.abc import Callable, Mapping
@@ -128,6 +133,58 @@ def _endpoint_name(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{host}:{parts.port}" if parts.port else host
+
+
+_SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
+#: TLS alerts by which a server refuses the client's certificate (RFC 8446 §6.2).
+_CERTIFICATE_ALERTS = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNSUPPORTED_CERTIFICATE",
+    "CERTIFICATE_REVOKED",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_UNKNOWN",
+    "UNKNOWN_CA",
+    "ACCESS_DENIED",
+)
+
+
+def _peer_alert(exc: BaseException) -> str | None:
+    """The TLS alert the server sent (``TLSV13_ALERT_CERTIFICATE_REQUIRED``, ...), if any.
+
+    A server that refuses a client certificate sends its alert during the handshake; with
+    TLS 1.3 the client learns it only when reading the answer, so httpx reports a read error.
+    The server has processed nothing then: this is not a lost answer.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            match = _SSL_REASON.search(str(current))
+            reason = getattr(current, "reason", None) or (match.group(1) if match else None)
+            if reason and "_ALERT_" in reason:
+                return reason
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _refused_handshake(exc: Exception, where: str) -> SidecarError | None:
+    """The error for a handshake the server ended with an alert, else ``None``.
+
+    A refused client certificate is final (``invalid_client``: the same certificate will be
+    refused again); any other alert is retryable. Neither is a lost answer.
+    """
+    alert = _peer_alert(exc)
+    if alert is None:
+        return None
+    if alert.endswith(_CERTIFICATE_ALERTS):
+        return ClientRejected(
+            f"{where}: the server refused the client certificate in the TLS handshake ({alert}); "
+            "nothing was processed",
+            oauth_error="invalid_client",
+        )
+    return TokenEndpointUnavailable(f"{where}: TLS handshake failed: {alert}")
 
 
 def _translate(exc: Exception, *, url: str, what: str, exchange: bool) -> SidecarError:
@@ -466,7 +523,9 @@ class TokenEndpoint:
     def _failure(
         exc: Exception, url: str, what: str, exchange: bool, progress: Progress
     ) -> SidecarError:
-        error = _translate(exc, url=url, what=what, exchange=exchange)
+        error = _refused_handshake(exc, f"{what} {_endpoint_name(url)}") or _translate(
+            exc, url=url, what=what, exchange=exchange
+        )
         status = progress.status
         if not (isinstance(error, ResponseLost) and status is not None and 200 <= status < 300):
             return error

@@ -11,7 +11,12 @@ by thumbprint, tokens bound) are the ground truth.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import ssl
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,7 @@ from tests.support.mtls import (
     token,
 )
 from tests.support.openbao import OpenBaoServer
+from tests.support.rawserver import TlsMaterial
 
 pytestmark = pytest.mark.integration
 
@@ -303,3 +309,63 @@ def test_replicas_each_obtain_their_own_tokens_and_never_write(
     assert 3 * 3 <= issued <= 3 * 6, issued
     assert cc.vault_secret()[1] == version
     assert cc.idp.stats()["client_credentials_errors"] == {}
+
+
+@contextlib.contextmanager
+def strict_tls_server(material: TlsMaterial) -> Iterator[str]:
+    """A TLS terminator that requires a client certificate issued by the test CA (as nginx with
+    ``ssl_verify_client on``): it refuses any other in the handshake, with an alert."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*material.good)
+    context.load_verify_locations(material.ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # the http.server API
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/token"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_a_certificate_refused_in_the_handshake_is_final_and_spends_no_refresh_token(
+    openbao: OpenBaoServer, cc: Deployment, certificates: Certificates
+) -> None:
+    """TLS 1.3 reports the server's alert only when the client reads the answer; it must not
+    pass for a lost answer, which would give up the refresh token (response_lost_twice)."""
+    openbao.create_role(ROLE, [openbao.write_kv_policy("cc-write", KV_PATH)])
+    version = put(
+        cc,
+        refresh_token="rt-never-presented-0123456789",
+        client_id="client-self",
+        client_cert=pem(certificates.stranger[0]),
+        client_key=pem(certificates.stranger[1]),
+    )
+    with strict_tls_server(certificates.material) as endpoint:
+        cc.write_config(
+            client_auth="self_signed_tls_client_auth",
+            token_endpoint=endpoint,
+            sections={"http": {"ca_cert": str(certificates.material.ca)}},
+        )
+        result = cc.cli("once")
+    assert result.returncode == 1, result.stderr
+    [failed] = events(result.stderr, "once.failed") or [{"stderr": result.stderr[-3000:]}]
+    assert failed.get("error") == "client_rejected", failed
+    assert "refused the client certificate in the TLS handshake" in failed["message"]
+    assert events(result.stderr, "token.response_lost") == []
+    data, _ = cc.vault_secret()
+    assert data["refresh_token"] == "rt-never-presented-0123456789"
+    assert "rejected" not in data.get("token_sidecar", {})
+    assert cc.vault_secret()[1] >= version

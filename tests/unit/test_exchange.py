@@ -386,6 +386,37 @@ def test_tls_failure_is_retryable_and_says_so() -> None:
     assert "retrying with backoff" in message
 
 
+@pytest.mark.parametrize("exc_type", [httpx.ConnectError, httpx.ReadError])
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+    ],
+)
+def test_a_client_certificate_refused_in_the_handshake_is_final(
+    exc_type: type[httpx.TransportError], reason: str
+) -> None:
+    """The server sent an alert: it processed nothing, so this is never a lost answer."""
+    cause = ssl.SSLError(1, f"[SSL: {reason}] alert (_ssl.c:1006)")
+    with pytest.raises(ClientRejected) as caught:
+        refresh(endpoint(raising(exc_type, cause)))
+    assert caught.value.oauth_error == "invalid_client"
+    assert f"refused the client certificate in the TLS handshake ({reason})" in (
+        caught.value.message
+    )
+
+
+def test_another_alert_is_retryable_and_not_a_lost_answer() -> None:
+    cause = ssl.SSLError(1, "[SSL: SSLV3_ALERT_HANDSHAKE_FAILURE] alert (_ssl.c:1006)")
+    with pytest.raises(TokenEndpointUnavailable) as caught:
+        refresh(endpoint(raising(httpx.ReadError, cause)))
+    assert not isinstance(caught.value, ResponseLost)
+    assert "TLS handshake failed: SSLV3_ALERT_HANDSHAKE_FAILURE" in caught.value.message
+
+
 def test_logs_carry_no_secrets() -> None:
     answers = [
         ok({**GRANT, "refresh_token": "rt-canary-next-1"}),

@@ -140,3 +140,12 @@ def test_pem_secrets_cover_the_key_and_each_of_its_lines(material: TlsMaterial) 
     assert found[0] == pem
     assert found[1] == "".join(body)
     assert set(body) <= set(found)
+
+
+def test_a_client_certificate_is_presented_over_tls_1_2_at_most(material: TlsMaterial) -> None:
+    """So that a server refusing it does so in the handshake, before any request is sent."""
+    certificate = from_files(*material.good)
+    loaded = load_client_certificate(read_client_certificate(certificate), None, now=time.time())
+    assert loaded.context.maximum_version == ssl.TLSVersion.TLSv1_2
+    assert loaded.context.verify_mode == ssl.CERT_REQUIRED
+    assert loaded.context.check_hostname
