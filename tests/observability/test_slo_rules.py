@@ -174,3 +174,22 @@ def test_time_scaled_rules_are_valid(tmp_path: Path, scale: float) -> None:
     for before, after in zip(plain, scaled, strict=True):
         assert strip.sub("", before["expr"]) == strip.sub("", after["expr"])
         assert before.get("annotations") == after.get("annotations")
+
+
+def test_the_dashboard_has_an_slo_row_reading_the_recorded_series() -> None:
+    dashboard = json.loads(
+        (ROOT / "manifests" / "grafana" / "token-sidecar-dashboard.json").read_text()
+    )
+    panels = dashboard["panels"]
+    [row] = [p for p in panels if p["type"] == "row" and "objectives" in p["title"]]
+    below = [p for p in panels if p["gridPos"]["y"] == row["gridPos"]["y"] + 1]
+    exprs = {p["title"]: p["targets"][0]["expr"] for p in below}
+    assert any("token_sidecar:slo_error_ratio:" in e for e in exprs.values()), exprs
+    assert any("token_sidecar:slo_error_budget_remaining:ratio" in e for e in exprs.values())
+    assert any("token_sidecar:slo_burn_rate:1h" in e for e in exprs.values())
+    recorded = {rule["record"] for rule in rules(SLO_FILE.read_text()) if "record" in rule}
+    for expr in exprs.values():
+        for name in re.findall(r"\b(token_sidecar:[a-z_]+:[a-z0-9]+)\b", expr):
+            assert name in recorded, name
+        for variable in ("$namespace", "$pod", "$credential"):
+            assert variable in expr
