@@ -476,6 +476,7 @@ def coordination_policy(coordination: CoordinationConfig) -> CoordinationPolicy:
         claim_seconds=coordination.claim_seconds,
         clock_skew_seconds=coordination.clock_skew_seconds,
         poll_seconds=coordination.poll_seconds,
+        exclusive=coordination.exclusive,
     )
 
 

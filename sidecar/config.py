@@ -522,6 +522,12 @@ class CoordinationConfig(_Section):
     claim. Default 5: NTP keeps nodes far closer."""
     poll_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.0
     """Seconds between looks while another replica holds the claim, at most. Default 1."""
+    exclusive: bool = False
+    """Whether this process is the only one using its secrets (one replica, no ``once`` run
+    beside it). Only then does it keep refreshing from the token in memory while Vault is
+    unreachable. Default false: with replicas that would present a token another replica may
+    have rotated already, and the server would revoke the grant; a replica refreshes only
+    under its own live claim instead."""
 
 
 class EventsConfig(_Section):

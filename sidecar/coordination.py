@@ -217,6 +217,8 @@ class CoordinationPolicy:
     """Allowance for wall clocks that disagree between nodes when judging another's claim."""
     poll_seconds: float
     """How often a waiting replica looks again while another holds the claim."""
+    exclusive: bool = False
+    """No other process uses the secret: refreshing from memory while Vault is down is safe."""
 
 
 class Action(Enum):

@@ -154,6 +154,7 @@ class Refresher:
         self._write_failures = 0
         self._next_refresh = -math.inf
         self._next_write = -math.inf
+        self._claim_deadline = -math.inf
         self._oneshot = False
         self._done = False
 
@@ -217,16 +218,19 @@ class Refresher:
 
     async def _cycle(self) -> None:
         if self._pending is not None:
-            # Vault does not hold our rotated token yet and no other replica knows it, so
-            # refreshing with it from memory is safe (R1); the write-back keeps being retried.
+            # Vault does not hold our rotated token yet and no other replica knows it; the
+            # write-back keeps being retried. See _refresh_from_memory for when it is safe to
+            # go on refreshing from it.
             await self._refresh_from_memory()
             return
         try:
             secret = await self._read()
         except VaultUnavailable as exc:
-            if self._last_writer():
-                # R6: Vault being down never stops refreshes from the token in memory. This
-                # replica wrote the version it holds, so no other replica has moved since.
+            if self._policy.coordination.exclusive and self._last_writer():
+                # R6 for a sidecar alone with its secret: Vault being down never stops
+                # refreshes from the token in memory. With replicas, having written the version
+                # last seen proves nothing: another replica may have claimed and rotated since,
+                # and the token in memory would be spent (R1 wins).
                 self._log.warning("secret.read_failed", error=exc.kind, message=exc.message)
                 await self._refresh_from_memory()
                 return
@@ -323,6 +327,7 @@ class Refresher:
         self._written_version = claimed.version
         self.status.secret_version = claimed.version
         deadline = claimed_at + self._policy.coordination.claim_seconds
+        self._claim_deadline = deadline
         await self._exchange_and_persist(claimed, client, state, claim_deadline=deadline)
 
     def _note_refresh_token(self, refresh_token: str, facts: RefreshFacts | None) -> None:
@@ -341,9 +346,23 @@ class Refresher:
         return self._secret is not None and self._secret.version == self._written_version
 
     async def _refresh_from_memory(self) -> None:
+        """Refresh with the token Vault does not hold yet, while that is safe.
+
+        Vault still holds the token ours was rotated from, and the other replicas leave it
+        alone only while our claim on it lasts: once the claim runs out, one of them may
+        claim it and present it, spent. So a rotation from memory needs the claim to outlast
+        the request, like any other exchange, unless this process is alone with the secret
+        (``coordination.exclusive``). Otherwise the write-back is retried until Vault is back.
+        """
         assert self._secret is not None  # noqa: S101
         if self._oneshot and self._pending is not None:
             self._next_refresh = self._next_write
+            return
+        claim_deadline = None if self._policy.coordination.exclusive else self._claim_deadline
+        try:
+            self._check_claim(claim_deadline)
+        except ClaimExpired as exc:
+            self._fail(exc, "token.refresh_failed")
             return
         try:
             client = client_credentials(self._client, self._secret)
@@ -351,7 +370,9 @@ class Refresher:
             self._fail(exc, "secret.invalid")
             return
         self._log.warning("token.refresh_from_memory")
-        await self._exchange_and_persist(self._secret, client, SharedState(), claim_deadline=None)
+        await self._exchange_and_persist(
+            self._secret, client, SharedState(), claim_deadline=claim_deadline
+        )
 
     async def _exchange_and_persist(
         self,

@@ -215,6 +215,7 @@ def test_every_client_auth_method_end_to_end(
 
 def test_sigterm_waits_for_a_pending_write_back(deployment: Deployment) -> None:
     dep = deployment
+    dep.write_config(sections={"coordination": {"exclusive": True}})  # rotates while sealed
     dep.start()
     assert wait_for(lambda: dep.vault_secret()[1] >= 2, timeout=10), dep.logs()
     dep.openbao.seal()
@@ -241,6 +242,7 @@ def test_sigterm_waits_for_a_pending_write_back(deployment: Deployment) -> None:
 
 def test_a_crash_with_a_pending_write_back_loses_nothing(deployment: Deployment) -> None:
     dep = deployment
+    dep.write_config(sections={"coordination": {"exclusive": True}})  # rotates while sealed
     dep.start()
     assert wait_for(lambda: dep.vault_secret()[1] >= 2, timeout=10), dep.logs()
     dep.openbao.seal()

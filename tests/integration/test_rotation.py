@@ -178,7 +178,9 @@ def test_answer_lost_after_commit_is_reported_never_looped(deployment: Deploymen
 
 
 def test_vault_outage_across_rotations(deployment: Deployment) -> None:
+    """A sidecar alone with its secret refreshes from memory while Vault is sealed (R6)."""
     dep = deployment
+    dep.write_config(sections={"coordination": {"exclusive": True}})
     dep.start()
     assert wait_for(lambda: dep.vault_secret()[1] >= 3, timeout=10), dep.logs()
     reader = Reader(dep.output_dir)

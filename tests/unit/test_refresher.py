@@ -34,7 +34,9 @@ DAY = 86_400.0
 
 
 class Rig:
-    def __init__(self, *, journal: bool = False, expires_in: float = 30.0) -> None:
+    def __init__(
+        self, *, journal: bool = False, expires_in: float = 30.0, exclusive: bool = False
+    ) -> None:
         self.events = Events()
         self.clock = VirtualClock()
         self.stop = asyncio.Event()
@@ -44,7 +46,10 @@ class Rig:
         self.journal = FakeJournal(self.events) if journal else None
         self.status = CredentialStatus(name="demo")
         self.policy = policies.policy(
-            schedule=policies.schedule(min_margin=5.0), secret_poll=30.0, operation_timeout=5.0
+            schedule=policies.schedule(min_margin=5.0),
+            secret_poll=30.0,
+            operation_timeout=5.0,
+            coordination=policies.coordination(exclusive=exclusive),
         )
         self.refresher = Refresher(
             store=self.store,
@@ -287,8 +292,8 @@ def test_rotated_token_in_a_malformed_answer_is_kept() -> None:
 
 
 @pytest.mark.parametrize("journal", [True, False])
-def test_vault_outage_never_stops_refreshes_from_memory(journal: bool) -> None:
-    rig = Rig(journal=journal, expires_in=30)
+def test_vault_outage_never_stops_refreshes_from_memory_when_alone(journal: bool) -> None:
+    rig = Rig(journal=journal, expires_in=30, exclusive=True)
 
     def outage(token: str) -> None:
         count = len(rig.exchanger.presented)
@@ -307,3 +312,58 @@ def test_vault_outage_never_stops_refreshes_from_memory(journal: bool) -> None:
             assert later.issued_at < earlier.expires_at
     assert rig.store.data["refresh_token"] in rig.exchanger.valid
     assert rig.status.writeback_pending is False
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_with_replicas_a_vault_outage_stops_refreshes_once_the_claim_runs_out(
+    journal: bool,
+) -> None:
+    """Another replica may claim Vault's token once the claim has run out: a rotation from
+    memory after that would leave Vault holding a spent token (R1 over R6)."""
+    rig = Rig(journal=journal, expires_in=60)
+    during: list[int] = []
+
+    def outage(token: str) -> None:
+        if len(rig.exchanger.presented) == 3:
+            rig.store.down = True
+
+    async def vault_returns() -> None:
+        await rig.clock.wait(asyncio.Event(), 200)  # the outage starts at about 80 s
+        during.extend([len(rig.exchanger.presented), rig.status.writeback_pending])
+        rig.store.down = False
+
+    async def scenario() -> None:
+        tasks = [asyncio.ensure_future(rig.refresher.run()), asyncio.ensure_future(vault_returns())]
+        await rig.clock.run(350, rig.stop, tasks)
+
+    rig.exchanger.script = [outage] * 100
+    run_without_leaks(scenario())
+    assert during == [3, True]  # nothing presented while Vault was down; the rotation waited
+    presented = rig.exchanger.presented
+    assert len(presented) >= 5
+    assert len(presented) == len(set(presented))
+    assert rig.store.data["refresh_token"] in rig.exchanger.valid
+    assert rig.status.writeback_pending is False
+
+
+def test_with_replicas_a_replica_that_wrote_last_does_not_refresh_while_vault_is_down() -> None:
+    """Having written the version it last read proves nothing: another replica may have
+    claimed and rotated since, and the token in memory would be spent."""
+    rig = Rig(expires_in=60)
+    seen: list[object] = []
+
+    async def outage() -> None:
+        # one rotation at 0 s, written back: this replica wrote the version it holds
+        await rig.clock.wait(asyncio.Event(), 30)
+        rig.store.down = True
+        await rig.clock.wait(asyncio.Event(), 120)
+        seen.extend([len(rig.exchanger.presented), rig.status.last_error])
+        rig.store.down = False
+
+    async def scenario() -> None:
+        tasks = [asyncio.ensure_future(rig.refresher.run()), asyncio.ensure_future(outage())]
+        await rig.clock.run(200, rig.stop, tasks)
+
+    run_without_leaks(scenario())
+    assert seen == [1, "vault_unavailable"]
+    assert len(rig.exchanger.presented) >= 2  # and on again once Vault is back
