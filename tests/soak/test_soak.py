@@ -31,7 +31,6 @@ def _summary(record: dict[str, object]) -> str:
     return ", ".join(f"{k}={v}" for k, v in record.items() if k in ("chaos", "server", "operator"))
 
 
-@pytest.mark.slow  # joins the default run once Vault seals no longer lead to reuse
 def test_two_minute_soak(openbao: OpenBaoServer, idp: IdpServer, tmp_path: Path) -> None:
     """Two minutes of chaos: no refresh token presented twice, no grant revoked but by the
     one permitted retry, every ready answer backed by a valid file, Vault ends live."""
