@@ -317,3 +317,47 @@ def test_hostile_requests_are_answered_and_the_server_survives(
                 assert (await http.post(webhook_url(server), json=body)).status_code == 200
 
     run(test)
+
+
+def test_a_secret_volume_update_is_picked_up(tmp_path: Path, tls: TlsMaterial) -> None:
+    """The kubelet's layout: tls.crt -> ..data/tls.crt, ..data -> a timestamped directory,
+    and an update swaps ..data to a new directory in one rename."""
+    (tmp_path / "ca2").mkdir()
+    rotated = TlsMaterial(tmp_path / "ca2")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+
+    def publish(pair: tuple[Path, Path], stamp: str) -> None:
+        target = volume / f"..{stamp}"
+        target.mkdir()
+        shutil.copyfile(pair[0], target / "tls.crt")
+        shutil.copyfile(pair[1], target / "tls.key")
+        link = volume / "..data_tmp"
+        link.symlink_to(target.name)
+        link.replace(volume / "..data")
+
+    publish(tls.good, "2026_01_01_00_00_00.1")
+    for name in ("tls.crt", "tls.key"):
+        (volume / name).symlink_to(f"..data/{name}")
+    body, _ = fixture(FIXTURES[0])
+
+    async def test() -> None:
+        config = write_config(tmp_path / "config.yaml", reload_interval_seconds=0.05)
+        flags = Flags("127.0.0.1:0", volume / "tls.crt", volume / "tls.key", "127.0.0.1:0")
+        async with injector(config, flags) as server:
+            async with client(tls.ca) as old:
+                assert (await old.post(webhook_url(server), json=body)).status_code == 200
+            publish(rotated.good, "2026_02_01_00_00_00.2")
+
+            async def served_by_new_ca() -> None:
+                while True:
+                    try:
+                        async with client(rotated.ca) as new:
+                            await new.post(webhook_url(server), json=body)
+                            return
+                    except httpx.ConnectError:
+                        await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(served_by_new_ca(), 30)
+
+    run(test)
