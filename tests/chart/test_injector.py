@@ -349,3 +349,23 @@ def test_notes_tell_how_to_opt_in() -> None:
         ]
         is False
     )
+
+
+def test_an_injector_only_release() -> None:
+    values = {
+        "workload": {"enabled": False},
+        "service": {"enabled": False},
+        "tests": {"enabled": False},
+        "config": {"vault": {"address": "https://vault.vault.svc:8200"}},
+        "injector": {"enabled": True, "defaultRole": "apps"},
+    }
+    rendered = render(values)
+    assert validate_objects(rendered.objects, "native") == []
+    assert [d["metadata"]["name"] for d in rendered.all("Deployment")] == [NAME]
+    notes = rendered.notes
+    assert "runs the injector only" in notes
+    assert "config.credentials is empty" not in notes  # the sidecar's own steps do not apply
+    assert "NEXT STEPS" not in notes
+    assert "INJECTOR" in notes
+    report = helm_python.lint(CHART_DIR, values, strict=True, kube_version="v1.29.0")
+    assert report["errors"] == []
