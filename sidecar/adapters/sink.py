@@ -134,13 +134,16 @@ class FileSink:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return
-        except OSError as exc:
-            raise sink_error("read", path, exc) from exc
-        self._had_token = True
+        except OSError:
+            # A symlink or an unreadable file: publishing replaces it; nothing to continue from.
+            log.warning("sink.previous_unreadable", path=str(path))
+            return
         try:
             with os.fdopen(fd, "rb") as file:
                 if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    log.warning("sink.previous_unreadable", path=str(path))
                     return
+                self._had_token = True
                 document = json.loads(file.read(1_048_576))
         except (OSError, ValueError):
             log.warning("sink.previous_unreadable", path=str(path))

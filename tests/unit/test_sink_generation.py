@@ -108,3 +108,18 @@ def test_a_failed_second_write_keeps_the_generation_and_announces_it_once(
     sink.publish(token("at-b-00000000000"))
     assert generation(tmp_path) == 2
     assert [c[0] for c in announced.calls] == [1, 2]
+
+
+def test_a_symlink_planted_at_token_json_is_not_followed_and_does_not_stop_the_sink(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps({"access_token": "at-x", "generation": 41}))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "token.json").symlink_to(target)
+    sink = FileSink(tmp_path / "out")
+    sink.prepare()
+    assert sink.generation == 0
+    sink.publish(token("at-new-000000000"))
+    assert generation(tmp_path / "out") == 1
+    assert json.loads(target.read_text())["generation"] == 41
