@@ -3,7 +3,8 @@
 (the files are written either way and say so).
 
 Options: ``--seconds`` (default 600), ``--replicas`` (5), ``--seed`` (default ``$SOAK_SEED``,
-else random; printed), ``--out`` (the directory for the two files; default the checkout).
+else random; printed), ``--out`` (the directory for the two files; default the checkout),
+``--workdir`` (keep the replicas' files and logs there).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=5)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT)
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep the replicas' files and logs here"
+    )
     args = parser.parse_args(argv)
     seed = args.seed
     if seed is None:
@@ -45,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     with (
         OpenBaoServer(binary=find_bao_binary()) as openbao,
         IdpServer() as idp,
-        tempfile.TemporaryDirectory(prefix="token-sidecar-soak-") as root,
+        tempfile.TemporaryDirectory(prefix="token-sidecar-soak-") as scratch,
     ):
-        record = soak(openbao, idp, Path(root), plan)
+        root = args.workdir or Path(scratch)
+        root.mkdir(parents=True, exist_ok=True)
+        record = soak(openbao, idp, root, plan)
     problems = failures(record)
     record["verdict"] = {"passed": not problems, "failures": problems}
     write(record, args.out)

@@ -27,7 +27,9 @@ prevent"), and the driver treats them as an operator would, counting each separa
   if the claim names that replica or Vault is sealed, lets it go at once (``freezes_declined``).
 
 A grant revoked by the server (the one retry after a dropped answer, or a bug) is re-seeded so
-the run goes on; the ledger (:mod:`tests.soak.ledger`) tells the two apart afterwards.
+the run goes on; the ledger (:mod:`tests.soak.ledger`) tells the two apart afterwards. So is a
+refresh token the replicas gave up on without presenting it again (its answer lost twice, the
+retry included: it may be spent), which they mark in Vault and report as ``rejected``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 
 import httpx
 
+from sidecar.coordination import fingerprint
 from tests.hostile.harness import ReadyWatcher
 from tests.soak.plan import Plan
 from tests.support.deployment import KV_PATH, Deployment, wait_for
@@ -110,6 +113,7 @@ class Chaos:
         self._timers: list[tuple[float, str, Replica | None]] = []
         self._sealed_since: float | None = None
         self._ledger: list[dict[str, Any]] = []
+        self._next_vault_look = 0.0
         kinds = list(_FAULTS)
         self._faults = itertools.chain.from_iterable(
             self.rng.sample(kinds, len(kinds)) for _ in itertools.count()
@@ -263,6 +267,20 @@ class Chaos:
                 self._timers.append((now + 1.0, "restart", replica))
         if self.grant_revoked():
             self.reseed("revoked")
+        elif now >= self._next_vault_look and self._sealed_since is None:
+            self._next_vault_look = now + 0.5
+            if self._token_given_up():
+                self.reseed("rejected")
+
+    def _token_given_up(self) -> bool:
+        """Whether the replicas marked Vault's refresh token as refused or possibly spent
+        (``response_lost_twice``): they wait for an operator, who re-seeds."""
+        try:
+            data, _ = self.first.vault_secret()
+        except Exception:  # noqa: BLE001  # Vault unreachable: look again later
+            return False
+        rejected = (data.get("token_sidecar") or {}).get("rejected")
+        return bool(rejected) and rejected == fingerprint(str(data.get("refresh_token", "")))
 
     def grant_revoked(self) -> bool:
         revoked = self.idp.stats()["revoked_grants"]

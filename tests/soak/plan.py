@@ -4,8 +4,10 @@ Times are compressed: access tokens last 4 s, so a replica set rotates every few
 ten minutes hold a few hundred rotations. The coordination and timeout settings are scaled to
 match, and every chaos duration is derived from them, so the relations the issue asks for
 hold by construction: a freeze outlasts ``claim_seconds`` (and the skew allowance on top), a
-killed replica is back well before its claim would expire, and a seal stays shorter than
-``claim_seconds``, the operating envelope the README states for Vault outages.
+killed replica is back well before its claim would expire, and a seal ends early enough for an
+interrupted write-back to land before the claim runs out, the operating envelope the README
+states for Vault outages ("keep claim_seconds longer than your longest expected Vault
+hiccup").
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ class Plan:
     freeze_every: tuple[float, float] = (8.0, 16.0)
     fault_every: tuple[float, float] = (3.0, 7.0)
     seal_every: tuple[float, float] = (20.0, 40.0)
-    seal_for: tuple[float, float] = (1.0, 5.0)
+    seal_for: tuple[float, float] = (1.0, 3.5)
+    """Shorter than ``claim_seconds`` by more than one write-back retry interval (at most 5 s):
+    a rotation whose write-back a seal interrupted lands before its claim runs out."""
     slow_answer: tuple[float, float] = (0.3, 1.2)
     """A hung request that is answered in the end: well inside the client's timeout."""
 

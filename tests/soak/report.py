@@ -125,7 +125,9 @@ def render(record: dict[str, Any]) -> str:
         "journal holds is such a hit, and the driver re-seeds Vault before the replica "
         "restarts, as an operator would. Re-seeds after a window hit: "
         f"{operator['reseeds_after_window']}; after a revoked grant: "
-        f"{operator['reseeds_after_revocation']}."
+        f"{operator['reseeds_after_revocation']}; after the replicas gave a token up as "
+        "possibly spent (an answer lost twice, the retry included), without presenting it "
+        f"again: {operator.get('reseeds_after_rejection', 0)}."
     )
     w("")
     w(

@@ -59,6 +59,7 @@ def record(**server: Any) -> dict[str, Any]:
         "operator": {
             "reseeds_after_window": 0,
             "reseeds_after_revocation": 20,
+            "reseeds_after_rejection": 1,
             "window_hits": 0,
             "window_detail": [],
         },
