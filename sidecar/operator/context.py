@@ -21,7 +21,7 @@ from sidecar.app import client_template
 from sidecar.client_auth import client_credentials
 from sidecar.config import CredentialConfig, Settings
 from sidecar.errors import ConfigError
-from sidecar.model import ClientCredentials, StoredSecret
+from sidecar.model import TLS_AUTH_METHODS, ClientCredentials, StoredSecret
 from sidecar.ports import Clock
 from sidecar.redact import REDACTOR
 
@@ -101,6 +101,15 @@ class Operator:
             value = fields.get(name)
             return value if isinstance(value, str) and value else None
 
+        if credential.client_auth in TLS_AUTH_METHODS:
+            raise ConfigError(
+                [
+                    f"--credential {credential.name}: client_auth {credential.client_auth} "
+                    "authenticates with a client certificate on the connection, which seed "
+                    "and retire do not present yet; use them with a client that authenticates "
+                    "otherwise, or write the refresh token to Vault by hand"
+                ]
+            )
         secret = StoredSecret(
             location=location,
             version=0,

@@ -10,9 +10,10 @@ import pytest
 
 from sidecar.adapters.vault import secret_from_kv
 from sidecar.adapters.vault.auth import given_token
-from sidecar.config import VaultAuthConfig
-from sidecar.errors import FinalError, SecretRetired, VaultAuthFailed
+from sidecar.config import Settings, VaultAuthConfig
+from sidecar.errors import ConfigError, FinalError, SecretRetired, VaultAuthFailed
 from sidecar.lifecycle import retired_data, revoked_data
+from sidecar.operator.context import Operator
 
 
 def kv(data: dict[str, object], version: int = 3) -> dict[str, object]:
@@ -45,3 +46,23 @@ def test_token_method_reads_the_vault_cli_token_file(tmp_path: Path) -> None:
         given_token(auth, {"HOME": str(tmp_path / "nobody")})
     with pytest.raises(VaultAuthFailed):
         given_token(auth, {})
+
+
+def test_a_tls_client_is_refused_before_anyone_logs_in(tmp_path: Path) -> None:
+    """seed and retire present no client certificate: say so before the user's login."""
+    settings = Settings.model_validate(
+        {
+            "credentials": [
+                {
+                    "name": "billing",
+                    "kv_path": "apps/billing",
+                    "token_endpoint": "https://127.0.0.1:9/token",
+                    "client_auth": "tls_client_auth",
+                    "output_dir": str(tmp_path),
+                }
+            ]
+        }
+    )
+    operator = Operator(settings=settings, vault=None, http=None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="client certificate"):
+        operator.client(settings.credentials[0], {"client_id": "c"}, "secret/apps/billing")
