@@ -155,7 +155,7 @@ class NotifyFailed(RetryableError):
 
     ``kind`` names how it failed, for the metric's ``outcome`` label: ``unreachable``,
     ``status``, ``timeout``, ``no_pid_file``, ``no_process``, ``forbidden``, ``exit_status``,
-    ``not_runnable``.
+    ``not_runnable``, and ``error`` for an unexpected fault in a sender.
     """
 
     kind = "notify_failed"

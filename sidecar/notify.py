@@ -177,7 +177,12 @@ class NotifyLoop:
         change = self.channel.pending
         assert change is not None  # noqa: S101  # due() returned a time
         try:
-            await self._sender.send(change)
+            try:
+                await self._sender.send(change)
+            except NotifyFailed:
+                raise
+            except Exception as exc:  # a notifier's bug must not stop refreshes
+                raise NotifyFailed("error", f"unexpected {type(exc).__name__}") from exc
         except NotifyFailed as exc:
             self.channel = failed(
                 self.channel, change.generation, self._clock.monotonic(), self._policy, self._rng

@@ -39,6 +39,7 @@ from sidecar.status import rfc3339
 __all__ = ["ExecSender", "HttpSender", "SignalSender", "body"]
 
 _PID_FILE_LIMIT = 64
+_PID_MAX = 4_194_304  # Linux's largest pid_max
 
 
 def body(notification: Notification) -> dict[str, str | int]:
@@ -89,6 +90,8 @@ class SignalSender:
         if not text.isdigit():
             raise NotifyFailed("no_pid_file", f"pid file {self.pid_file} holds no pid")
         pid = int(text)
+        if pid > _PID_MAX:
+            raise NotifyFailed("no_pid_file", f"pid file {self.pid_file} holds no valid pid")
         # 0 and negative pids address process groups; 1 is the pod's init (or the app's own
         # pid 1 without a shared namespace, which a signal would not reach anyway).
         if pid <= 1 or pid == os.getpid():

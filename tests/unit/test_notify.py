@@ -155,3 +155,31 @@ def test_the_loop_sends_once_per_burst_and_retries(failures: int) -> None:
     assert observer.results[-1] == ("success", 5, 0)
     assert [r[0] for r in observer.results] == ["unreachable"] * failures + ["success"] * 2
     assert loop.channel == Channel(acknowledged=5)
+
+
+class Broken:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, notification: Notification) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise OverflowError("a bug in a sender")
+
+
+def test_a_sender_bug_is_a_failed_attempt_not_a_crash() -> None:
+    clock = VirtualClock()
+    sender = Broken()
+    observer = Observer()
+    loop = NotifyLoop(
+        credential="billing",
+        method="signal",
+        sender=sender,
+        policy=POLICY,
+        clock=clock,
+        observer=observer,
+        rng=random.Random(3),
+    )
+    run_without_leaks(drive(loop, clock, [(0, 1), (10, 2)]))
+    assert [r[0] for r in observer.results] == ["error", "success"]
+    assert loop.channel == Channel(acknowledged=2)
