@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +24,7 @@ import httpx
 import structlog
 
 from sidecar.adapters.exchange import TokenEndpoint, make_http_client
-from sidecar.adapters.journal import FileJournal
+from sidecar.adapters.journal import FileJournal, unusable_reason
 from sidecar.adapters.notify import ExecSender, HttpSender, SignalSender
 from sidecar.adapters.server import HealthServer
 from sidecar.adapters.sink import TOKEN_JSON_FILE, FileSink
@@ -31,7 +34,7 @@ from sidecar.client_auth import ClientTemplate, client_credentials
 from sidecar.client_grant import ClientCredentialsLoop
 from sidecar.clock import SystemClock
 from sidecar.config import CoordinationConfig, CredentialConfig, RefreshConfig, Settings
-from sidecar.coordination import CoordinationPolicy
+from sidecar.coordination import CoordinationPolicy, claimant_identity
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.metrics import Metrics
 from sidecar.model import Notification, StoredSecret
@@ -138,6 +141,11 @@ class App:
                 for c in settings.credentials
             ),
         )
+        #: this process's name in claims: unique per process unless configured (see
+        #: sidecar.coordination); the pod or host name keeps it readable.
+        self.holder = settings.coordination.holder or claimant_identity(
+            os.environ.get("POD_NAME") or socket.gethostname(), str(uuid.uuid4())
+        )
         self.policy = refresh_policy(settings)
         self.endpoints: list[TokenEndpoint] = []
         self._notify_http: httpx.AsyncClient | None = None
@@ -189,7 +197,7 @@ class App:
             status=status,
             clock=self.clock,
             stop=self.stop,
-            holder=self.settings.coordination.holder,
+            holder=self.holder,
             policy=self.policy,
             observer=self.observer,
             journal=FileJournal(journal_dir, credential.name) if journal_dir else None,
@@ -283,6 +291,7 @@ class App:
         log.info(
             "sidecar.started",
             credentials=[r.name for r in self.refreshers],
+            holder=self.holder,
             address=f"{self.settings.server.host}:{server.port}",
         )
         try:
@@ -400,6 +409,7 @@ class App:
                 await self.vault.login()
             except SidecarError as exc:
                 results.append(CheckResult("vault", ok=False, detail=exc.message))
+                results.extend(self._check_journal())
                 await self.close()
                 return results
             results.append(
@@ -411,8 +421,18 @@ class App:
             )
         for credential in self.settings.credentials:
             results += await self._check_credential(credential)
+        results.extend(self._check_journal())
         await self.close()
         return results
+
+    def _check_journal(self) -> list[CheckResult]:
+        """Whether ``journal.dir`` can be used, by inspection: nothing is created."""
+        journal_dir = self.settings.journal.dir
+        if journal_dir is None:
+            return []
+        problem = unusable_reason(journal_dir)
+        detail = f"journal.dir: {problem}" if problem else f"{journal_dir} usable"
+        return [CheckResult("journal", ok=problem is None, detail=detail)]
 
     async def _check_credential(self, credential: CredentialConfig) -> list[CheckResult]:
         subject = f"credential {credential.name}"
@@ -458,7 +478,6 @@ def schedule_policy(refresh: RefreshConfig) -> SchedulePolicy:
         min_margin=refresh.min_margin_seconds,
         min_interval=refresh.min_interval_seconds,
         default_expires_in=refresh.default_expires_in,
-        min_expires_in=refresh.min_expires_in,
         max_expires_in=refresh.max_expires_in,
     )
 

@@ -43,12 +43,12 @@ import structlog
 
 from sidecar.backoff import backoff_delay
 from sidecar.client_auth import ClientTemplate, client_credentials
-from sidecar.errors import FinalError, SidecarError, VaultUnavailable
+from sidecar.errors import ExpiredAnswer, FinalError, SidecarError, VaultUnavailable
 from sidecar.model import ClientCredentials, PublishedToken, StoredSecret, TokenGrant
 from sidecar.ports import Clock, RefreshObserver, SecretStore, TokenSink
 from sidecar.redact import REDACTOR, Redactor
 from sidecar.refresher import LIVENESS_SLACK, RefreshPolicy
-from sidecar.schedule import effective_lifetime, refresh_window
+from sidecar.schedule import effective_lifetime, ready_margin_cap, refresh_window
 from sidecar.status import CredentialStatus, Phase
 
 __all__ = ["ClientCredentialsExchanger", "ClientCredentialsLoop"]
@@ -148,11 +148,31 @@ class ClientCredentialsLoop:
             self._record(exc.kind, started)
             self._fail(exc, "token.refresh_failed")
             return
-        self._record("success", started)
         self._redactor.add(grant.access_token)
         lifetime = effective_lifetime(grant.expires_in, self._policy.schedule)
-        if not self._publish(grant, issued_at, lifetime):
+        now = self._clock.time()
+        if lifetime <= 0 or issued_at + lifetime <= now:
+            expired = ExpiredAnswer(
+                "the token endpoint answered with an access token that is already expired "
+                f"(expires_in {grant.expires_in}); the published token stays"
+            )
+            self._record(expired.kind, started)
+            self._fail(expired, "token.expired_answer")
             return
+        current = self.status.expires_at
+        if current is not None and now < current and issued_at + lifetime < current:
+            # Never replace a valid token with one that expires earlier (README); the next
+            # exchange follows the new token's schedule, due before the published one expires.
+            self._record(ExpiredAnswer.kind, started)
+            self._log.info(
+                "token.expired_answer",
+                reason="expires_before_published",
+                expires_in=grant.expires_in,
+            )
+        else:
+            self._record("success", started)
+            if not self._publish(grant, issued_at, lifetime):
+                return
         low, high = refresh_window(lifetime, self._policy.schedule)
         self._next = started + self._rng.uniform(low, high)
         self._failures = 0
@@ -199,6 +219,7 @@ class ClientCredentialsLoop:
         self._set_phase(Phase.VALID)
         status.issued_at = issued_at
         status.expires_at = issued_at + lifetime
+        status.ready_margin_cap = ready_margin_cap(lifetime, self._policy.schedule)
         status.last_success_at = self._clock.time()
         status.last_error = None
         status.consecutive_failures = 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -453,7 +452,9 @@ class RefreshConfig(_Section):
     """Seconds of lifetime assumed when the answer has no usable ``expires_in``. Default 300:
     short enough to be safe for any token, long enough not to hammer the server."""
     min_expires_in: Annotated[float, Field(gt=0)] = 5.0
-    """Seconds of lifetime assumed for a zero or negative ``expires_in``. Default 5."""
+    """Deprecated and ignored (still accepted, so that existing files load): ``expires_in``
+    zero or negative is an already-expired answer, never published (README "Configuration").
+    Default 5."""
     max_expires_in: Annotated[float, Field(gt=0)] = 86_400.0
     """Largest ``expires_in`` believed, in seconds. Default 86400 (one day): a refresh at
     least daily keeps the refresh token in use and visible in metrics."""
@@ -502,18 +503,13 @@ class HttpConfig(_Section):
     hostile server must not exhaust memory."""
 
 
-def _default_holder() -> str:
-    return os.environ.get("POD_NAME") or socket.gethostname()
-
-
 class CoordinationConfig(_Section):
     """How replicas sharing one secret take turns (see sidecar.coordination)."""
 
-    holder: Annotated[str, Field(min_length=1, max_length=253)] = Field(
-        default_factory=_default_holder
-    )
-    """This replica's name in claims. Default: ``$POD_NAME``, else the host name; unique per
-    pod so that a replica knows its own claim."""
+    holder: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    """A fixed name for this replica's claims, shared by every process configured with it.
+    Default: unset, and each process claims as ``<$POD_NAME or the host name>_<random UUID>``,
+    unique even where pod or host names repeat (see sidecar.coordination)."""
     claim_seconds: Annotated[float, Field(ge=5, le=3600)] = 30.0
     """Seconds a claim lasts. Default 30: longer than one exchange plus one Vault write; must
     exceed ``http.timeout_seconds``."""

@@ -4,7 +4,7 @@ Replicas of a Deployment read the same KV v2 secret. Besides the user's fields
 (``refresh_token``, ``client_id``, ...) the sidecar keeps one nested field, ``token_sidecar``::
 
     token_sidecar:
-      claim:   {holder: "<pod>/<pid>/<random>", until: <epoch seconds>}
+      claim:   {holder: "<pod or host name>_<random uuid>", until: <epoch seconds>}
       access:  {access_token, token_type, issued_at, expires_at, scope,
                 refresh_expires_at}          # the last result, shared for reuse
       next_attempt_at: <epoch seconds>      # shared backoff after a transient failure
@@ -13,6 +13,25 @@ Replicas of a Deployment read the same KV v2 secret. Besides the user's fields
       refresh: {fingerprint, obtained_at, expires_at, obtained_by}  # the current refresh token
       seeded:  {at, by, flow}               # written by `token-sidecar seed`
       retired: {at, by, revoked}            # written by `token-sidecar retire`: replicas stop
+
+Each process claims under its own identity, :func:`claimant_identity`: the pod name (or the
+host name) for people to read, plus a random UUID, because pod and host names repeat: replicas
+with ``hostNetwork`` on one node, systemd units on one VM, ``docker run --network host``, a
+``kubectl exec ... once`` beside the running sidecar. Kubernetes' own leader election names
+its holders the same way. ``coordination.holder`` overrides it with a fixed name, which every
+process configured with it then shares (their claims no longer keep them apart).
+
+A restarted container has a new identity, but must not wait out the claim its predecessor
+left when it died mid-exchange. The journal (private to one sidecar container of one pod)
+records the identity of every process that used it, and a process uses it only while holding
+an exclusive ``flock`` that the kernel drops when the process dies. Whoever holds that lock
+therefore knows every identity recorded before it belongs to a process that can no longer
+present anything, and treats their claims as its own (``predecessors`` in :func:`decide`).
+That is the only case in which a claim is taken over before it expires: a live process, even
+one frozen by SIGSTOP, keeps its lock, and a process that could not take the lock (a second
+process on the same journal) takes over nothing and runs without the journal. Without a
+journal a restarted container waits out its predecessor's claim (``claim_seconds`` plus
+``clock_skew_seconds`` at most; a claim only exists during an exchange).
 
 A refresh is a sequence of check-and-set writes on the secret's version, which is the
 fencing token (R3):
@@ -40,7 +59,7 @@ import base64
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -55,6 +74,7 @@ __all__ = [
     "RefreshFacts",
     "SharedAccess",
     "SharedState",
+    "claimant_identity",
     "decide",
     "fingerprint",
     "jwt_expiry",
@@ -65,6 +85,11 @@ __all__ = [
 
 FIELD = "token_sidecar"
 """The one field of the secret that belongs to the sidecar."""
+
+
+def claimant_identity(name: str, unique: str) -> str:
+    """``<name>_<unique>``: the pod or host name for people, a random UUID to be unique."""
+    return f"{name}_{unique}"
 
 
 def fingerprint(refresh_token: str) -> str:
@@ -243,17 +268,21 @@ def decide(
     me: str,
     fresh_until: float | None,
     policy: CoordinationPolicy,
+    predecessors: Collection[str] = (),
 ) -> Decision:
     """What a replica should do with the secret it just read.
 
     ``fresh_until`` is the earliest moment any replica would refresh the shared access token
     (see :func:`sidecar.schedule.refresh_window`), or ``None`` when there is none.
+    ``predecessors`` are identities of processes known to have ended (see the module
+    docstring): their claims are treated as this process's own.
     """
     if state.rejected is not None and state.rejected == fingerprint(refresh_token):
         return Decision(Action.REJECTED)
     if fresh_until is not None and now < fresh_until:
         return Decision(Action.REUSE, until=fresh_until)
-    if state.claim_holder not in (None, me) and state.claim_until is not None:
+    foreign = state.claim_holder not in (None, me) and state.claim_holder not in predecessors
+    if foreign and state.claim_until is not None:
         expires = state.claim_until + policy.clock_skew_seconds
         if now < expires:
             return Decision(Action.WAIT, until=min(expires, now + policy.poll_seconds))

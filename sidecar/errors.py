@@ -16,7 +16,10 @@ boundary with ``raise ... from exc``; the core decides what to do from the class
     │   │   └── ResponseLost         request sent, answer lost: the server may have rotated
     │   ├── MalformedResponse        the token endpoint answered something that is not RFC 6749
     │   │                            (``salvaged_refresh_token``: a rotated token it still held)
+    │   ├── ExpiredAnswer            a 2xx answer whose access token is already expired
     │   ├── SinkError                the token file could not be written (disk full, read-only)
+    │   │   └── JournalError         the journal could not be created, written, read or cleared
+    │   │       └── JournalBusy      another live process of this sidecar uses the journal
     │   └── NotifyFailed             the app was not told of a new token (``kind`` says how)
     └── FinalError                   retrying the same input cannot help; wait for a change
         ├── InvalidGrant             refresh token rejected (invalid_grant): never present it again
@@ -47,8 +50,11 @@ __all__ = [
     "ClientCertificateInvalid",
     "ClientRejected",
     "ConfigError",
+    "ExpiredAnswer",
     "FinalError",
     "InvalidGrant",
+    "JournalBusy",
+    "JournalError",
     "MalformedResponse",
     "NotifyFailed",
     "ResponseLost",
@@ -146,6 +152,15 @@ class MalformedResponse(RetryableError):
         self.salvaged_refresh_token = salvaged_refresh_token
 
 
+class ExpiredAnswer(RetryableError):
+    """The token endpoint answered 2xx with an access token that is already expired
+    (``expires_in`` zero or negative, or an expiry before the answer arrived). A refresh
+    token the answer rotated is still persisted (R2); the published token stays.
+    """
+
+    kind = "expired_answer"
+
+
 class SinkError(RetryableError):
     kind = "sink_error"
 
@@ -163,6 +178,16 @@ class NotifyFailed(RetryableError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class JournalError(SinkError):
+    kind = "journal_error"
+
+
+class JournalBusy(JournalError):
+    """Another live process holds the journal's lock (a ``once`` beside a ``run``)."""
+
+    kind = "journal_busy"
 
 
 class FinalError(SidecarError):

@@ -7,9 +7,11 @@ Each function returns ``(http_status, content_type, body)`` for the server to se
     (:meth:`StatusBoard.live`); 503 naming the stuck loops. A kubelet restarts the container
     on failure, so this says nothing about tokens: an IdP outage is not a reason to restart.
 ``/readyz``
-    200 while every required credential has a published token valid for at least the ready
-    margin; 503 listing each one that has not, with its phase, the time left and the kind of
-    its last error.
+    200 while every required credential has a published token that is valid now and for at
+    least its ready margin more (``ready_margin_seconds``, scaled down for short tokens: see
+    :func:`sidecar.schedule.ready_margin_cap`), and its loop is on schedule (it has not overrun
+    the time by which it promised to act again); 503 listing each one that is not, with its
+    phase, the time left and the kind of its last error.
 ``/healthz``
     the full board as JSON, for people and dashboards; 200 when ready, else 503.
 
@@ -47,8 +49,10 @@ def livez(board: StatusBoard, monotonic_now: float) -> Response:
     return _text(503, lines)
 
 
-def _why_not_ready(status: CredentialStatus, now: float) -> str:
-    if status.expires_at is None:
+def _why_not_ready(status: CredentialStatus, now: float, monotonic_now: float | None) -> str:
+    if not status.on_schedule(monotonic_now):
+        what = "refresh loop behind schedule"
+    elif status.expires_at is None:
         what = "no token published yet"
     else:
         left = status.expires_at - now
@@ -61,20 +65,23 @@ def _why_not_ready(status: CredentialStatus, now: float) -> str:
     return ", ".join(parts)
 
 
-def readyz(board: StatusBoard, now: float, margin: float) -> Response:
-    """200 ``ok`` when every required token is valid for ``margin`` more seconds, else 503."""
-    if board.ready(now, margin):
+def readyz(
+    board: StatusBoard, now: float, margin: float, monotonic_now: float | None = None
+) -> Response:
+    """200 ``ok`` when every required token is valid for its margin and its loop on
+    schedule, else 503."""
+    if board.ready(now, margin, monotonic_now):
         return _text(200, ["ok"])
     lines = ["not ready:"]
     for name, status in board.credentials.items():
-        if status.required and not status.ready(now, margin):
-            lines.append(f"  {name}: {_why_not_ready(status, now)}")
+        if status.required and not status.ready(now, margin, monotonic_now):
+            lines.append(f"  {name}: {_why_not_ready(status, now, monotonic_now)}")
     return _text(503, lines)
 
 
 def healthz(board: StatusBoard, now: float, monotonic_now: float, margin: float) -> Response:
     """The board's snapshot as JSON with the version and liveness; 200 when ready, else 503."""
-    snapshot = board.snapshot(now, margin)
+    snapshot = board.snapshot(now, margin, monotonic_now)
     document = {
         "version": __version__,
         "ready": snapshot["ready"],

@@ -127,9 +127,9 @@ _SAMPLES: dict[str, tuple[str, Callable[[CredentialStatus, float], float | None]
 class _StatusCollector:
     """Gauges read from the status board whenever Prometheus scrapes."""
 
-    def __init__(self, board: StatusBoard, time: Callable[[], float], ready_margin: float) -> None:
+    def __init__(self, board: StatusBoard, clock: Clock, ready_margin: float) -> None:
         self._board = board
-        self._time = time
+        self._clock = clock
         self._ready_margin = ready_margin
 
     @staticmethod
@@ -140,7 +140,8 @@ class _StatusCollector:
         }
         families["ready"] = GaugeMetricFamily(
             PREFIX + "ready",
-            "1 while the published token is valid for at least the ready margin.",
+            "1 while the published token is valid for its ready margin and the loop is on "
+            "schedule, the test /readyz makes.",
             labels=["credential"],
         )
         families["token_valid"] = GaugeMetricFamily(
@@ -170,14 +171,15 @@ class _StatusCollector:
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
-        now = self._time()
+        now = self._clock.time()
         # A copy: the board may gain entries while a scrape runs on another thread.
         for name, status in list(self._board.credentials.items()):
             for key, (_, read) in _SAMPLES.items():
                 sample = read(status, now)
                 if sample is not None and math.isfinite(sample):
                     families[key].add_metric([name], sample)
-            families["ready"].add_metric([name], float(status.ready(now, self._ready_margin)))
+            ready = status.ready(now, self._ready_margin, self._clock.monotonic())
+            families["ready"].add_metric([name], float(ready))
             valid = status.expires_at is not None and status.expires_at > now
             families["token_valid"].add_metric([name], float(valid))
             families["credential_required"].add_metric([name], float(status.required))
@@ -298,7 +300,7 @@ class Metrics:
             registry=self.registry,
         )
         build_info.labels(__version__).set(1)
-        self.registry.register(_StatusCollector(board, clock.time, ready_margin))
+        self.registry.register(_StatusCollector(board, clock, ready_margin))
         self._board = board
         self._initialised: set[str] = set()
         self._lock = threading.Lock()

@@ -107,12 +107,23 @@ class RefreshObserver(Protocol):
 
 
 class Journal(Protocol):
-    """A private, restart-surviving place for a rotated refresh token not yet in Vault (R2)."""
+    """A private, restart-surviving place for a rotated refresh token not yet in Vault (R2).
+
+    Every method raises :class:`~sidecar.errors.JournalError` (a ``SinkError``) on failure.
+    """
+
+    def open(self, holder: str) -> frozenset[str]:
+        """Take this process's exclusive use and record ``holder``; return the claim
+        identities of the earlier processes that used it, every one provably ended.
+        Raises JournalBusy when another live process uses it."""
+        ...
+
+    def close(self) -> None: ...
 
     def load(self) -> JournalEntry | None: ...
 
     def save(self, entry: JournalEntry) -> None:
-        """Store durably before returning. Raises SinkError."""
+        """Store durably before returning."""
         ...
 
     def clear(self) -> None: ...

@@ -53,8 +53,10 @@ from sidecar.coordination import (
 from sidecar.errors import (
     CasConflict,
     ClaimExpired,
+    ExpiredAnswer,
     FinalError,
     InvalidGrant,
+    JournalBusy,
     MalformedResponse,
     ResponseLost,
     ResponseLostTwice,
@@ -81,7 +83,12 @@ from sidecar.ports import (
     TokenSink,
 )
 from sidecar.redact import REDACTOR, Redactor
-from sidecar.schedule import SchedulePolicy, effective_lifetime, refresh_window
+from sidecar.schedule import (
+    SchedulePolicy,
+    effective_lifetime,
+    ready_margin_cap,
+    refresh_window,
+)
 from sidecar.status import CredentialStatus, Phase
 
 __all__ = ["ClientTemplate", "RefreshPolicy", "Refresher", "client_credentials"]
@@ -150,6 +157,9 @@ class Refresher:
         self._rejected: set[str] = set()
         self._written_version: int | None = None
         self._noted_refresh_token: str | None = None
+        self._predecessors: frozenset[str] = frozenset()
+        self._journal_loaded = False
+        self._deferred: SidecarError | None = None
         self._failures = 0
         self._write_failures = 0
         self._next_refresh = -math.inf
@@ -167,12 +177,32 @@ class Refresher:
     async def run(self) -> None:
         """Refresh until stop is set, then finish any pending write-back and return."""
         self._sink.prepare()
+        self._open_journal()
         try:
             while await self._step():
                 pass
         finally:
             self._set_phase(Phase.STOPPED)
             self.status.alive_until = math.inf
+            if self._journal is not None:
+                self._journal.close()
+        if self._deferred is not None:
+            raise self._deferred
+
+    def _open_journal(self) -> None:
+        """Take the journal for this process; learn whose claims it may take over."""
+        if self._journal is None:
+            return
+        try:
+            self._predecessors = self._journal.open(self._holder)
+        except JournalBusy as exc:
+            # Another live process (a `once` beside `run`) has it: share nothing with it.
+            # Without a journal, publishing waits until Vault holds a rotated token (R2).
+            self._log.warning("journal.busy", message=exc.message)
+            self._journal = None
+        except SinkError as exc:
+            self._log.error("journal.unusable", error=exc.kind, message=exc.message)
+            self._journal = None
 
     async def once(self) -> None:
         """Make sure a fresh token is published (reusing a replica's fresh one), then return.
@@ -239,6 +269,13 @@ class Refresher:
         except SidecarError as exc:
             self._fail(exc, "secret.read_failed")
             return
+        try:
+            self._recover_journal(secret)
+        except SinkError as exc:
+            # It may hold the only live copy of the refresh token: presenting Vault's could
+            # present a spent one (R1). Try again after a backoff.
+            self._fail(exc, "journal.read_failed")
+            return
         if self._pending is not None:
             return  # our result goes to Vault before anything else happens
         state = SharedState.parse(secret.data)
@@ -251,6 +288,7 @@ class Refresher:
             me=self._holder,
             fresh_until=fresh_until,
             policy=self._policy.coordination,
+            predecessors=self._predecessors,
         )
         if decision.action is Action.CLAIM and fingerprint(secret.refresh_token) in self._rejected:
             decision = Decision(Action.REJECTED)
@@ -266,7 +304,8 @@ class Refresher:
         elif decision.action is Action.WAIT:
             assert decision.until is not None  # noqa: S101
             wait = decision.until - now
-            if state.access is not None and state.claim_holder not in (None, self._holder):
+            foreign = state.claim_holder not in (None, self._holder, *self._predecessors)
+            if state.access is not None and foreign:
                 # Look again soon enough to pick up the claimant's result well before expiry.
                 lifetime = state.access.expires_at - state.access.issued_at
                 wait = min(wait, max(lifetime * 0.05, 0.05))
@@ -309,7 +348,12 @@ class Refresher:
             self._fail(exc, "secret.invalid")
             return
         self._redactor.add(client.client_secret, client.private_key)
-        claim_until = self._clock.time() + self._policy.coordination.claim_seconds
+        now = self._clock.time()
+        skew = self._policy.coordination.clock_skew_seconds
+        if state.claim_holder in self._predecessors and now < (state.claim_until or 0) + skew:
+            # Its process is gone (the journal's lock is ours): no need to wait its claim out.
+            self._log.info("claim.taken_over", predecessor=state.claim_holder)
+        claim_until = now + self._policy.coordination.claim_seconds
         self._promise_io()
         claimed_at = self._clock.monotonic()
         try:
@@ -393,9 +437,33 @@ class Refresher:
             await self._after_failure(base, token, state, exc, started_wall)
             return
         self._redactor.add(grant.access_token, grant.refresh_token)
-        self._record("success", started_mono)
-        self._failures = 0
         lifetime = effective_lifetime(grant.expires_in, self._policy.schedule)
+        if lifetime <= 0 or started_wall + lifetime <= self._clock.time():
+            expired = ExpiredAnswer(
+                "the token endpoint answered with an access token that is already expired "
+                f"(expires_in {grant.expires_in}); the published token stays"
+            )
+            self._record(expired.kind, started_mono)
+            await self._after_failure(
+                base, token, state, expired, started_wall, rotated=grant.refresh_token
+            )
+            return
+        published = self.status.expires_at
+        if published is not None and self._clock.time() < published > started_wall + lifetime:
+            # Valid, but it would replace a valid token that lasts longer: keep that one (the
+            # app never sees its expiry go backwards), persist the rotation, and go on with
+            # the new token's schedule, which is due before the published token expires.
+            self._record(ExpiredAnswer.kind, started_mono)
+            self._log.info(
+                "token.expired_answer",
+                reason="expires_before_published",
+                expires_in=grant.expires_in,
+            )
+            self.status.last_error = None  # an exchange that worked: not a failure
+            self.status.consecutive_failures = 0
+        else:
+            self._record("success", started_mono)
+        self._failures = 0
         new_token = grant.refresh_token or token
         result = with_result(
             self._pending or base.data,
@@ -427,15 +495,26 @@ class Refresher:
         state: SharedState,
         exc: SidecarError,
         started_wall: float,
+        *,
+        rotated: str | None = None,
     ) -> None:
-        salvaged = exc.salvaged_refresh_token if isinstance(exc, MalformedResponse) else None
+        event = "token.expired_answer" if isinstance(exc, ExpiredAnswer) else "token.refresh_failed"
+        salvaged = rotated or (
+            exc.salvaged_refresh_token if isinstance(exc, MalformedResponse) else None
+        )
         if salvaged is not None and salvaged != token:
-            # The server rotated but its answer is unusable: keep the new token (R2).
+            # The server rotated but its answer is unusable: keep the new token (R2), and
+            # share the backoff so that other replicas do not retry at once.
             self._redactor.add(salvaged)
             data = {**(self._pending or base.data), "refresh_token": salvaged}
-            self._hold(base, with_release(data), salvaged, started_wall)
+            failures = state.failures + 1
+            wait = backoff_delay(failures, self._policy.backoff, self._rng, exc.retry_after)
+            release = with_release(
+                data, next_attempt_at=self._clock.time() + wait, failures=failures
+            )
+            self._hold(base, release, salvaged, started_wall)
             await self._write_back()
-            self._fail(exc, "token.refresh_failed")
+            self._fail(exc, event)
             return
         if isinstance(exc, InvalidGrant | ResponseLostTwice):
             # Whatever Vault holds is spent too when the refused token was our pending one.
@@ -454,9 +533,7 @@ class Refresher:
             release = with_release(base.data, next_attempt_at=self._clock.time() + wait)
         if self._pending is None:
             await self._release(base, release)
-        self._fail(
-            exc, "token.rejected" if isinstance(exc, InvalidGrant) else "token.refresh_failed"
-        )
+        self._fail(exc, "token.rejected" if isinstance(exc, InvalidGrant) else event)
 
     async def _release(self, base: StoredSecret, data: dict[str, Any]) -> None:
         """Give up the claim and share the failure; best effort (the claim expires anyway)."""
@@ -479,7 +556,6 @@ class Refresher:
         self._note_refresh_token(secret.refresh_token, SharedState.parse(secret.data).refresh)
         if changed:
             self._log.debug("secret.read", location=secret.location, version=secret.version)
-        self._recover_journal(secret)
         if (
             previous is not None
             and previous.refresh_token != secret.refresh_token
@@ -489,15 +565,20 @@ class Refresher:
         return secret
 
     def _recover_journal(self, secret: StoredSecret) -> None:
-        """Reconcile a journalled token with what Vault holds (after a crash or restart)."""
-        if self._journal is None or self._pending is not None:
+        """Reconcile a journalled token with what Vault holds (after a crash or restart).
+
+        Once per process: the journal is this process's alone from then on (its lock), so
+        whatever it holds later, this process knows already. Raises JournalError.
+        """
+        if self._journal is None or self._pending is not None or self._journal_loaded:
             return
         entry = self._journal.load()
+        self._journal_loaded = True
         if entry is None:
             return
         self._redactor.add(entry.refresh_token)
         if entry.location != secret.location or secret.refresh_token == entry.refresh_token:
-            self._journal.clear()
+            self._clear_journal()
         elif secret.version == entry.base_version:
             # Vault still holds the token this one was rotated from: that one is spent.
             self._log.warning("journal.recovered", base_version=entry.base_version)
@@ -510,7 +591,16 @@ class Refresher:
             self._log.warning(
                 "journal.superseded", base_version=entry.base_version, version=secret.version
             )
+            self._clear_journal()
+
+    def _clear_journal(self) -> None:
+        """Best effort: a stale entry is recognised as such at the next start (superseded)."""
+        if self._journal is None:
+            return
+        try:
             self._journal.clear()
+        except SinkError as exc:
+            self._log.warning("journal.clear_failed", error=exc.kind, message=exc.message)
 
     async def _exchange(
         self, token: str, client: ClientCredentials, claim_deadline: float | None
@@ -624,16 +714,14 @@ class Refresher:
         self._pending = None
         self._write_failures = 0
         self.status.writeback_pending = False
-        if self._journal is not None:
-            self._journal.clear()
+        self._clear_journal()
         self._publish_held()
 
     def _drop_pending(self) -> None:
         self._pending = None
         self._held = None
         self.status.writeback_pending = False
-        if self._journal is not None:
-            self._journal.clear()
+        self._clear_journal()
 
     def _publish_held(self) -> None:
         if self._held is not None:
@@ -641,8 +729,17 @@ class Refresher:
             self._publish(held, reused=False)
 
     def _publish(self, access: SharedAccess, *, reused: bool) -> None:
-        if access.expires_at <= self._clock.time():
+        now = self._clock.time()
+        if access.expires_at <= now:
             return
+        current = self.status.expires_at
+        if (
+            current is not None
+            and now < current
+            and access.expires_at < current
+            and self._published != access.access_token
+        ):
+            return  # never replace a valid token with one that expires earlier
         token = PublishedToken(
             access_token=access.access_token,
             token_type=access.token_type,
@@ -663,6 +760,9 @@ class Refresher:
         self._set_phase(Phase.VALID)
         status.issued_at = access.issued_at
         status.expires_at = access.expires_at
+        status.ready_margin_cap = ready_margin_cap(
+            access.expires_at - access.issued_at, self._policy.schedule
+        )
         status.last_success_at = self._clock.time()
         status.last_error = None
         status.consecutive_failures = 0
@@ -675,7 +775,12 @@ class Refresher:
     def _fail(self, exc: SidecarError, event: str) -> None:
         """Record a failure and schedule the next attempt by its class (R6)."""
         if self._oneshot:
-            raise exc
+            if self._pending is None:
+                raise exc
+            # R2: a rotated token still on its way to Vault is written before `once` fails.
+            self._deferred = self._deferred or exc
+            self._done = True
+            return
         self._failures += 1
         status = self.status
         status.last_error = exc.kind

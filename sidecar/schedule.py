@@ -9,9 +9,18 @@ delay is ever shorter than ``min_interval`` (so an absurd ``expires_in`` cannot 
 
 ==========================  ==========================================
 absent, not a number        ``default_expires_in`` (default 300 s)
-zero or negative            ``min_expires_in`` (default 5 s)
+zero or negative            0: the token is already expired
 astronomically large        ``max_expires_in`` (default 1 day)
 ==========================  ==========================================
+
+RFC 6749 defines ``expires_in`` as the token's lifetime in seconds, so zero means a token that
+is expired when it arrives, like a negative value; no guess stretches it into a usable
+lifetime. The refresher never publishes such a token (see ``ExpiredAnswer``).
+
+Readiness uses the schedule too (:func:`ready_margin_cap`): ``/readyz`` asks for a token valid
+for ``ready_margin_seconds`` more, but never for as much as is left of the token when its
+refresh is due, or a sidecar doing everything right would report not ready before every
+refresh of a short token.
 """
 
 from __future__ import annotations
@@ -20,7 +29,13 @@ import math
 import random
 from dataclasses import dataclass
 
-__all__ = ["SchedulePolicy", "effective_lifetime", "refresh_delay", "refresh_window"]
+__all__ = [
+    "SchedulePolicy",
+    "effective_lifetime",
+    "ready_margin_cap",
+    "refresh_delay",
+    "refresh_window",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,20 +50,20 @@ class SchedulePolicy:
     min_margin: float
     min_interval: float
     default_expires_in: float
-    min_expires_in: float
     max_expires_in: float
 
 
 def effective_lifetime(expires_in: float | None, policy: SchedulePolicy) -> float:
     """The lifetime to plan with, in seconds, after the documented defaults and clamps.
 
-    A short but positive ``expires_in`` is believed as it is: stretching it would publish an
+    0 for a token that is already expired (``expires_in`` zero or negative). A short but
+    positive ``expires_in`` is believed as it is: stretching it would publish an
     ``expires_at`` later than the server's.
     """
-    if expires_in is None or not math.isfinite(expires_in):
+    if expires_in is None or math.isnan(expires_in):
         return policy.default_expires_in
     if expires_in <= 0:
-        return policy.min_expires_in
+        return 0.0
     return min(expires_in, policy.max_expires_in)
 
 
@@ -71,3 +86,22 @@ def refresh_delay(lifetime: float, policy: SchedulePolicy, rng: random.Random) -
     """Seconds after the token was requested at which to refresh it."""
     low, high = refresh_window(lifetime, policy)
     return rng.uniform(low, high)
+
+
+READY_SHARE = 0.5
+"""Share of what is left of a token at its latest scheduled refresh that readiness may ask for."""
+
+
+def ready_margin_cap(lifetime: float, policy: SchedulePolicy) -> float:
+    """The most readiness may ask of a token with this lifetime, in seconds of validity left.
+
+    Half of what is left of the token at the latest point of its refresh window: strictly
+    less, so a sidecar refreshing on schedule is ready right up to its refresh and after it,
+    with the other half as room for the exchange and a late wake-up. For a 5-minute token
+    (refreshed by 215 s at the latest) that is 42 s, more than the default margin of 5 s; for a
+    2-second token it is 0.5 s.
+    """
+    if lifetime <= 0 or not math.isfinite(lifetime):
+        return 0.0
+    _, latest = refresh_window(lifetime, policy)
+    return max(lifetime - latest, 0.0) * READY_SHARE

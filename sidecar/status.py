@@ -57,9 +57,24 @@ class CredentialStatus:
     secret_version: int | None = None
     alive_until: float = float("inf")
     """Monotonic deadline by which the loop promises to act again; past it, it is stuck."""
+    ready_margin_cap: float = float("inf")
+    """The most readiness may ask of the published token (seconds of validity left), set with
+    it: half of what is left of it at its latest scheduled refresh (schedule.ready_margin_cap)."""
 
-    def ready(self, now: float, margin: float) -> bool:
-        return self.expires_at is not None and self.expires_at - now >= margin
+    def margin(self, configured: float) -> float:
+        """The readiness margin for the published token: the configured one, scaled down for
+        short tokens the way the refresh margin is."""
+        return min(configured, self.ready_margin_cap)
+
+    def on_schedule(self, monotonic_now: float | None) -> bool:
+        """The loop has not overrun the time by which it promised to act again."""
+        return monotonic_now is None or monotonic_now <= self.alive_until
+
+    def ready(self, now: float, margin: float, monotonic_now: float | None = None) -> bool:
+        """A token valid now, for at least :meth:`margin` more, and a loop on schedule."""
+        if self.expires_at is None or self.expires_at <= now:
+            return False
+        return self.expires_at - now >= self.margin(margin) and self.on_schedule(monotonic_now)
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """JSON-safe facts for ``/healthz``; no secret is ever part of the status."""
@@ -101,17 +116,22 @@ class StatusBoard:
         self.credentials[name] = status
         return status
 
-    def ready(self, now: float, margin: float) -> bool:
-        """Every required credential has a published token valid for ``margin`` more seconds."""
-        return all(s.ready(now, margin) for s in self.credentials.values() if s.required)
+    def ready(self, now: float, margin: float, monotonic_now: float | None = None) -> bool:
+        """Every required credential has a token valid now and for its margin more (the
+        configured ``margin``, scaled down for short tokens), and its loop is on schedule."""
+        return all(
+            s.ready(now, margin, monotonic_now) for s in self.credentials.values() if s.required
+        )
 
     def live(self, monotonic_now: float) -> bool:
         """No loop has overrun the deadline it promised to act by."""
         return all(monotonic_now <= s.alive_until for s in self.credentials.values())
 
-    def snapshot(self, now: float, margin: float) -> dict[str, Any]:
+    def snapshot(
+        self, now: float, margin: float, monotonic_now: float | None = None
+    ) -> dict[str, Any]:
         return {
-            "ready": self.ready(now, margin),
+            "ready": self.ready(now, margin, monotonic_now),
             "credentials": {
                 name: status.snapshot(now) for name, status in self.credentials.items()
             },

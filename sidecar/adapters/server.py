@@ -122,7 +122,9 @@ class HealthServer:
         return health.livez(self._board, self._clock.monotonic())
 
     def _readyz(self) -> Response:
-        return health.readyz(self._board, self._clock.time(), self._ready_margin)
+        return health.readyz(
+            self._board, self._clock.time(), self._ready_margin, self._clock.monotonic()
+        )
 
     def _healthz(self) -> Response:
         return health.healthz(

@@ -60,7 +60,10 @@ class Deployment:
     root: Path
     seeded: str
     name: str = "app-0"
-    """The pod name (``POD_NAME``), which is the replica's name in claims."""
+    """The pod name (``POD_NAME``), the readable part of each process's identity in claims."""
+    pod_name: bool = True
+    """Whether ``POD_NAME`` is set; without it the host name (shared by every process of the
+    test, like systemd units on one VM) is the readable part."""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +74,9 @@ class Deployment:
         root = self.root / "replicas" / name
         root.mkdir(parents=True)
         (root / "sa-token").write_text((self.root / "sa-token").read_text())
-        other = Deployment(self.openbao, self.idp, root, self.seeded, name=name)
+        other = Deployment(
+            self.openbao, self.idp, root, self.seeded, name=name, pod_name=self.pod_name
+        )
         other.write_config(**self.overrides)
         self.replicas.append(other)
         return other
@@ -153,7 +158,7 @@ class Deployment:
         log.close()
 
     def env(self) -> dict[str, str]:
-        return {**clean_env(), "POD_NAME": self.name}
+        return {**clean_env(), **({"POD_NAME": self.name} if self.pod_name else {})}
 
     def kill(self) -> None:
         assert self.process is not None
@@ -183,7 +188,11 @@ class Deployment:
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("TOKEN_SIDECAR_", "VAULT_"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TOKEN_SIDECAR_", "VAULT_")) and k != "POD_NAME"
+    }
 
 
 def set_up(openbao: OpenBaoServer, idp: IdpServer, root: Path) -> Deployment:

@@ -136,15 +136,34 @@ class FakeJournal:
     def __init__(self, events: Events) -> None:
         self.events = events
         self.entry: JournalEntry | None = None
+        self.claimants: list[str] = []
+        self.fail: dict[str, SidecarError] = {}
+        """Operation name -> the error it raises from now on (until removed)."""
+
+    def _maybe_fail(self, operation: str) -> None:
+        if operation in self.fail:
+            raise self.fail[operation]
+
+    def open(self, holder: str) -> frozenset[str]:
+        self._maybe_fail("open")
+        earlier = frozenset(self.claimants)
+        self.claimants.append(holder)
+        return earlier
+
+    def close(self) -> None:
+        self.events.add("journal_close")
 
     def load(self) -> JournalEntry | None:
+        self._maybe_fail("load")
         return self.entry
 
     def save(self, entry: JournalEntry) -> None:
+        self._maybe_fail("save")
         self.events.add("journal", entry.refresh_token)
         self.entry = replace(entry)
 
     def clear(self) -> None:
+        self._maybe_fail("clear")
         if self.entry is not None:
             self.events.add("journal_clear")
         self.entry = None

@@ -233,3 +233,15 @@ def test_a_secret_without_what_the_method_needs_is_reported() -> None:
     rig.run_for(1)
     assert rig.status.last_error == "secret_invalid"
     assert "exchange" not in rig.events.kinds()
+
+
+def test_an_expired_answer_is_never_published() -> None:
+    rig = Rig()
+    rig.run_for(1)
+    rig.exchanger.expires_in = -5  # already expired: the valid token stays in the file
+    rig.stop.clear()
+    rig.run_for(60)
+    assert [t.access_token for t in rig.sink.published] == ["cc-access-000001"]
+    assert rig.status.last_error == "expired_answer"
+    assert rig.status.expires_at is not None
+    assert rig.status.ready_margin_cap == pytest.approx(4.25)  # half of 30 s * (1 - 2/3 - 0.05)

@@ -41,7 +41,13 @@ from sidecar.model import TokenGrant
 from sidecar.oauth import KNOWN_ERRORS, parse_token_response, salvage_refresh_token
 from sidecar.redact import Redactor
 from sidecar.retry_after import parse_retry_after
-from sidecar.schedule import SchedulePolicy, effective_lifetime, refresh_delay, refresh_window
+from sidecar.schedule import (
+    SchedulePolicy,
+    effective_lifetime,
+    ready_margin_cap,
+    refresh_delay,
+    refresh_window,
+)
 
 PROPERTY = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 
@@ -254,7 +260,9 @@ def test_refresh_is_never_later_than_the_margin_and_never_a_hot_loop(
     sent = None if expires_in is None else float(expires_in)
     lifetime = effective_lifetime(sent, policy)
     assert math.isfinite(lifetime)
-    assert 0 < lifetime <= max(policy.max_expires_in, policy.default_expires_in)
+    assert 0 <= lifetime <= max(policy.max_expires_in, policy.default_expires_in)
+    # 0 exactly when the server said the token is already expired: nothing stretches it.
+    assert (lifetime == 0) == (sent is not None and not math.isnan(sent) and sent <= 0)
     if sent is not None and math.isfinite(sent) and sent > 0:
         assert lifetime <= sent  # never believed longer than the server said
 
@@ -275,6 +283,19 @@ def test_a_token_refreshed_in_time_leaves_the_margin(
     assume(lifetime >= 2 * policy.min_margin and lifetime >= 2 * policy.min_interval)
     _, high = refresh_window(lifetime, policy)
     assert lifetime - high >= min(policy.min_margin, lifetime / 2) - 1e-6 * lifetime
+
+
+@PROPERTY
+@given(policy=schedule_policies(), lifetime=st.floats(min_value=0.001, max_value=1e6))
+def test_readiness_never_asks_for_what_a_token_on_schedule_lacks(
+    policy: SchedulePolicy, lifetime: float
+) -> None:
+    """At the latest scheduled refresh the token still has more than the readiness cap left."""
+    _, high = refresh_window(lifetime, policy)
+    cap = ready_margin_cap(lifetime, policy)
+    assert cap >= 0
+    left = lifetime - high
+    assert cap < left or (cap == 0 and left <= 0)
 
 
 # -- the backoff -----------------------------------------------------------------------------------

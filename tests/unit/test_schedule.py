@@ -18,8 +18,8 @@ POLICY = policies.schedule()
 def test_lifetime_clamps_and_defaults() -> None:
     assert effective_lifetime(None, POLICY) == 300.0
     assert effective_lifetime(math.nan, POLICY) == 300.0
-    assert effective_lifetime(0, POLICY) == 5.0
-    assert effective_lifetime(-30, POLICY) == 5.0
+    assert effective_lifetime(0, POLICY) == 0.0  # already expired: nothing to plan with
+    assert effective_lifetime(-30, POLICY) == 0.0
     assert effective_lifetime(1e300, POLICY) == 86_400.0
     assert effective_lifetime(3600, POLICY) == 3600.0
     assert effective_lifetime(2.5, POLICY) == 2.5  # short is believed, never stretched
@@ -46,7 +46,8 @@ def test_margin_wins_for_short_tokens_and_halves_for_tiny_ones() -> None:
 def test_schedule_is_bounded_for_any_expires_in(expires_in: float | None, seed: int) -> None:
     lifetime = effective_lifetime(expires_in, POLICY)
     delay = refresh_delay(lifetime, POLICY, random.Random(seed))
-    assert 0 < lifetime <= POLICY.max_expires_in
+    assert 0 <= lifetime <= POLICY.max_expires_in
+    assert (lifetime == 0) == (expires_in is not None and expires_in <= 0)  # already expired
     if expires_in is not None and 0 < expires_in <= POLICY.max_expires_in:
         assert lifetime == expires_in
     assert delay >= POLICY.min_interval  # never a hot loop
