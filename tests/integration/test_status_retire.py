@@ -66,7 +66,7 @@ def test_status_reports_rejected_with_exit_1_and_seed_replace_recovers(
     assert report["required"] is True
     assert report["rejected"] is False
     assert report["version"] <= version
-    assert report["refresh_token"]["obtained_by"] == "app-0"
+    assert report["refresh_token"]["obtained_by"].startswith("app-0_")  # pod name, UUID
     assert report["access_token_expires_at"]
 
     text = operator.run("status", "--credential", "billing", output="text")
