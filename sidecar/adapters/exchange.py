@@ -11,7 +11,8 @@ classification, discovery validation) lives in the pure :mod:`sidecar.oauth`.
   errors: nothing sent (connection refused, connect or pool timeout, TLS) is
   :class:`TokenEndpointUnavailable`; a request that may have reached the server without its
   answer reaching us (read/write errors and timeouts, the server hanging up) is
-  :class:`ResponseLost`, because the server may have rotated the refresh token.
+  :class:`ResponseLost`, because the server may have rotated the refresh token. For
+  ``client_credentials`` (which spends nothing) the same failure is only unavailable.
 - A 2xx answer cut off mid-body (the connection failed, or the overall deadline struck while
   it dripped in) is not treated as lost when the part that arrived holds a complete rotated
   ``refresh_token``: retrying the spent token would make a rotating server revoke the whole
@@ -317,7 +318,9 @@ class TokenEndpoint:
                 url,
                 headers=request.headers,
                 content=request.body(),
-                exchange=True,
+                # Only a refresh token is spent by a request whose answer is lost; asking for a
+                # client_credentials token again is harmless, so that is merely unavailable.
+                exchange=grant == "refresh_token",
                 http=http,
             )
         except SidecarError as exc:

@@ -352,6 +352,18 @@ def test_failures_after_sending_are_response_lost(exc_type: type[httpx.Transport
         refresh(endpoint(raising(exc_type)))
 
 
+@pytest.mark.parametrize("exc_type", [httpx.ReadTimeout, httpx.ReadError, httpx.WriteError])
+def test_for_client_credentials_a_lost_answer_is_only_unavailable(
+    exc_type: type[httpx.TransportError],
+) -> None:
+    """Nothing single-use was spent: asking again is harmless, so no refresh-token wording."""
+    ep = endpoint(raising(exc_type))
+    with pytest.raises(TokenEndpointUnavailable) as caught:
+        run(lambda: ep.client_credentials(basic_client()))
+    assert not isinstance(caught.value, ResponseLost)
+    assert "refresh token" not in caught.value.message
+
+
 def test_a_connection_dropped_mid_body_is_response_lost() -> None:
     class Dropping(httpx.AsyncByteStream):
         async def __aiter__(self) -> AsyncIterator[bytes]:
