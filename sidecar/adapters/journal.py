@@ -30,7 +30,7 @@ from pathlib import Path
 
 import structlog
 
-from sidecar.atomicfile import write_atomic
+from sidecar.atomicfile import remove_temp_files, write_atomic
 from sidecar.errors import JournalBusy, JournalError, SinkError
 from sidecar.model import JournalEntry
 
@@ -106,6 +106,11 @@ class FileJournal:
                 ) from exc
             raise _error("lock", self.lock_path, exc) from exc
         self._lock_fd = fd
+        try:
+            # Left by a process killed mid-write; none can be in progress (the lock is ours).
+            remove_temp_files(self._dir)
+        except SinkError as exc:
+            log.warning("journal.leftovers_not_removed", message=exc.message)
         earlier = self._read_claimants()
         try:
             body = json.dumps([*earlier, holder][-MAX_CLAIMANTS:]).encode()
