@@ -150,7 +150,11 @@ def render(record: dict[str, Any]) -> str:
         [
             ("Date (UTC)", f"{meta['started_at']} to {meta['ended_at']}"),
             ("Duration", f"{meta['duration_seconds']} s ({chaos['seconds']} s of chaos)"),
-            ("Seed", f"{meta['seed']} (`SOAK_SEED={meta['seed']} make soak` repeats its choices)"),
+            (
+                "Seed",
+                f"{meta['seed']} (`SOAK_SEED={meta['seed']} make soak` repeats its random "
+                "choices; timing still differs)",
+            ),
             (
                 "Machine",
                 f"{machine['cpu_model']}, {machine['cores']} cores "

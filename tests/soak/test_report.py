@@ -84,7 +84,7 @@ def test_the_report_shows_the_counts_and_the_machine() -> None:
     )
     assert "Some CPU, 2 cores (2 usable)" in text
     assert "The machine is shared" in text
-    assert "`SOAK_SEED=7 make soak`" in text
+    assert "`SOAK_SEED=7 make soak` repeats its random choices" in text
 
 
 def test_a_failed_soak_says_so() -> None:
