@@ -32,6 +32,10 @@ class DiscoveryInfo:
     mtls_token_endpoint: str | None = None
     """``mtls_endpoint_aliases.token_endpoint`` (RFC 8705 §5): where a client that presents a
     certificate must go instead; ``None`` when the server names no alias."""
+    mtls_device_authorization_endpoint: str | None = None
+    """``mtls_endpoint_aliases.device_authorization_endpoint``, for ``seed``."""
+    mtls_revocation_endpoint: str | None = None
+    """``mtls_endpoint_aliases.revocation_endpoint``, for ``retire``."""
 
 
 def discovery_urls(issuer: str) -> tuple[str, str]:
@@ -64,8 +68,7 @@ def parse_discovery(
 
     Raises MalformedResponse (not a JSON object, missing fields: possibly a proxy's page,
     worth retrying) or ClientRejected (``issuer`` mismatch, an insecure ``token_endpoint`` or
-    ``mtls_endpoint_aliases.token_endpoint``: configuration, final), both with messages naming
-    the key.
+    ``mtls_endpoint_aliases`` entry: configuration, final), both with messages naming the key.
     """
     data = json_object(body)
     if data is None:
@@ -96,7 +99,9 @@ def parse_discovery(
     return DiscoveryInfo(
         token_endpoint=endpoint,
         token_endpoint_auth_methods_supported=supported,
-        mtls_token_endpoint=_mtls_alias(data),
+        mtls_token_endpoint=_mtls_alias(data, "token_endpoint"),
+        mtls_device_authorization_endpoint=_mtls_alias(data, "device_authorization_endpoint"),
+        mtls_revocation_endpoint=_mtls_alias(data, "revocation_endpoint"),
         authorization_endpoint=_optional_text(data, "authorization_endpoint"),
         device_authorization_endpoint=_optional_text(data, "device_authorization_endpoint"),
         revocation_endpoint=_optional_text(data, "revocation_endpoint"),
@@ -115,24 +120,22 @@ def _strings(value: object) -> tuple[str, ...] | None:
     return None
 
 
-def _mtls_alias(data: dict[str, object]) -> str | None:
-    """``mtls_endpoint_aliases.token_endpoint``, checked: https only (RFC 8705 §5)."""
+def _mtls_alias(data: dict[str, object], name: str) -> str | None:
+    """``mtls_endpoint_aliases.<name>``, checked: https only (RFC 8705 §5)."""
     aliases = data.get("mtls_endpoint_aliases")
-    alias = aliases.get("token_endpoint") if isinstance(aliases, dict) else None
+    alias = aliases.get(name) if isinstance(aliases, dict) else None
+    key = f"mtls_endpoint_aliases.{name}"
     if alias is None:
         return None
     if not isinstance(alias, str):
-        raise MalformedResponse(
-            "issuer: the discovery document's mtls_endpoint_aliases.token_endpoint is not a string"
-        )
+        raise MalformedResponse(f"issuer: the discovery document's {key} is not a string")
     if not alias.startswith("https://"):  # a certificate is only ever sent over TLS
         raise ClientRejected(
-            "issuer: the discovery document's mtls_endpoint_aliases.token_endpoint: must be "
-            "an absolute https:// URL",
+            f"issuer: the discovery document's {key}: must be an absolute https:// URL",
             oauth_error="insecure_token_endpoint",
         )
     try:
-        check_url(alias, allow_http=False, what="mtls_endpoint_aliases.token_endpoint")
+        check_url(alias, allow_http=False, what=key)
     except ValueError as exc:
         raise ClientRejected(
             f"issuer: the discovery document's {exc}", oauth_error="insecure_token_endpoint"

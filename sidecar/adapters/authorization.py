@@ -9,6 +9,12 @@ a time, redirects never followed, the whole request under one deadline, the body
 a bound (:func:`sidecar.adapters.httpkit.fetch`, as for the token endpoint), transport failures
 as :class:`TokenEndpointUnavailable`. Every token it receives is
 registered with the redactor before anything else happens to it.
+
+A client that authenticates with a certificate (``tls_client_auth``,
+``self_signed_tls_client_auth``) presents it on every back-channel request through a
+:class:`sidecar.adapters.mtls.CertificateClient`, at the server's ``mtls_endpoint_aliases``
+for the device authorization, token and revocation endpoints where it names them
+(RFC 8705 §5); a certificate refused in the handshake is ``invalid_client``.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import structlog
 
 from sidecar.adapters.httpkit import BodyTooLarge, Progress, fetch, tls_problem
+from sidecar.adapters.mtls import CertificateClient, refused_handshake
 from sidecar.config import CredentialConfig, check_url
 from sidecar.device import (
     DeviceAuthorization,
@@ -33,7 +42,7 @@ from sidecar.device import (
 )
 from sidecar.discovery import DiscoveryInfo, discovery_urls, parse_discovery
 from sidecar.errors import ClientRejected, MalformedResponse, TokenEndpointUnavailable
-from sidecar.model import ClientCredentials, TokenGrant
+from sidecar.model import ClientCertificate, ClientCredentials, TokenGrant
 from sidecar.oauth import TokenRequest, parse_token_response
 from sidecar.pkce import build_code_request
 from sidecar.redact import REDACTOR, Redactor
@@ -74,11 +83,27 @@ class AuthorizationServer:
         timeout: float = 10.0,
         wall_clock: Callable[[], float] = time.time,
         redactor: Redactor = REDACTOR,
+        certificate: ClientCertificate | None = None,
+        ca_cert: Path | None = None,
     ) -> None:
         """``overrides`` (``device_authorization``, ``authorization``, ``revocation``) name
-        endpoints the metadata does not, or that must win over it (command-line options)."""
+        endpoints the metadata does not, or that must win over it (command-line options).
+        ``certificate``: the client's, presented on every request but discovery (trusting
+        ``ca_cert`` for the server, like ``http``)."""
         self._credential = credential
         self._http = http
+        self._certificate = certificate
+        self._mtls = (
+            None
+            if certificate is None
+            else CertificateClient(
+                ca_cert=ca_cert,
+                timeout=timeout,
+                redactor=redactor,
+                time=wall_clock,
+                log=structlog.get_logger(__name__).bind(credential=credential.name),
+            )
+        )
         self._overrides = {k: v for k, v in (overrides or {}).items() if v}
         self._max_bytes = max_response_bytes
         self._timeout = timeout
@@ -94,6 +119,7 @@ class AuthorizationServer:
             info = None
             if self._credential.issuer:
                 info = await self._discover(self._credential.issuer)
+            mtls = info is not None and self._certificate is not None
             token = info.token_endpoint if info else self._credential.token_endpoint
             assert token is not None  # noqa: S101  # config requires issuer or token_endpoint
             found = {
@@ -101,6 +127,14 @@ class AuthorizationServer:
                 "authorization": info.authorization_endpoint if info else None,
                 "revocation": info.revocation_endpoint if info else None,
             }
+            if mtls:
+                assert info is not None  # noqa: S101  # for the type checker
+                token = info.mtls_token_endpoint or token
+                aliases = {
+                    "device_authorization": info.mtls_device_authorization_endpoint,
+                    "revocation": info.mtls_revocation_endpoint,
+                }
+                found.update({name: url for name, url in aliases.items() if url})
             found.update(self._overrides)
             self._endpoints = Endpoints(
                 token=token,
@@ -122,7 +156,7 @@ class AuthorizationServer:
     async def _discover(self, issuer: str) -> DiscoveryInfo:
         tried: list[str] = []
         for url in discovery_urls(issuer):
-            answer = await self._send("GET", url, "discovery document")
+            answer = await self._send("GET", url, "discovery document", present=False)
             if answer.status in (408, 429) or answer.status >= 500:
                 raise TokenEndpointUnavailable(
                     f"issuer: discovery document unavailable (HTTP {answer.status})"
@@ -218,6 +252,11 @@ class AuthorizationServer:
 
     # -- transport ------------------------------------------------------------------------
 
+    async def aclose(self) -> None:
+        """Close the client that presents the certificate, if any (``http`` is the caller's)."""
+        if self._mtls is not None:
+            await self._mtls.aclose()
+
     def _assertion(self, client: ClientCredentials, audience: str) -> str | None:
         if client.method != "private_key_jwt" or not client.private_key:
             return None
@@ -246,18 +285,23 @@ class AuthorizationServer:
         *,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
+        present: bool = True,
     ) -> _Answer:
+        """One request; ``present`` sends the client certificate, if the client has one."""
         where = f"{what} {urlsplit(url).hostname}"
         progress = Progress()
+        http = self._http
+        if present and self._mtls is not None and self._certificate is not None:
+            http = await self._mtls.get(self._certificate)
         try:
-            request = self._http.build_request(
+            request = http.build_request(
                 method,
                 url,
                 headers={"Accept": "application/json", **(headers or {})},
                 content=content,
             )
             response = await fetch(
-                self._http,
+                http,
                 request,
                 deadline=self._timeout,
                 limit=self._max_bytes,
@@ -268,6 +312,9 @@ class AuthorizationServer:
         except BodyTooLarge as exc:
             raise MalformedResponse(f"{where}: response larger than {exc.limit} bytes") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            refused = refused_handshake(exc, where)
+            if refused is not None:
+                raise refused from exc
             detail = tls_problem(exc) or type(exc).__name__
             raise TokenEndpointUnavailable(f"{where}: {detail}") from exc
         return _Answer(response.status_code, response.headers, bytes(progress.body))

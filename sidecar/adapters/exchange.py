@@ -3,8 +3,9 @@
 It moves bytes and translates failures; the protocol itself (request shape, response
 classification, discovery validation) lives in the pure :mod:`sidecar.oauth`.
 
-- One :func:`make_http_client` is shared by every credential: TLS verification always on,
-  redirects never followed, HTTP/1.1, bounded timeouts, ``User-Agent: token-sidecar/<version>``.
+- One :func:`sidecar.adapters.httpkit.make_http_client` is shared by every credential: TLS
+  verification always on, redirects never followed, HTTP/1.1, bounded timeouts,
+  ``User-Agent: token-sidecar/<version>``.
 - Each request has an overall deadline equal to the client's timeout, on top of httpx's
   per-phase timeouts, and its body is read with a size bound.
 - ``refresh`` posts exactly once; the refresher decides about retries. Failures become project
@@ -26,17 +27,11 @@ classification, discovery validation) lives in the pure :mod:`sidecar.oauth`.
   location first, then OpenID Connect's) and cached for the life of the process; a redirect or
   404 from the token endpoint drops the cache so a moved endpoint is looked up again.
 
-- Mutual TLS (RFC 8705): a client with a certificate gets an HTTP client of its own whose
-  context holds that certificate. The certificate and key are read again before every
-  exchange (files replaced by a mounted Secret or cert-manager, or new fields in Vault); a
-  change builds a new client and closes the old one (``tls.client_certificate_loaded``, info).
-  Such a request goes to discovery's ``mtls_endpoint_aliases.token_endpoint`` when the server
-  names one. An expired, unreadable or mismatched certificate raises
-  :class:`ClientCertificateInvalid` naming the file or field, before anything is sent. A
-  server that refuses the certificate in the handshake (a TLS alert such as
-  ``certificate_required`` or ``unknown_ca``, which TLS 1.3 delivers only when the client
-  reads) processed nothing: :class:`ClientRejected` (``invalid_client``), never a lost answer,
-  so a refresh token is not given up for it.
+- Mutual TLS (RFC 8705): a client with a certificate is sent through its own
+  :class:`sidecar.adapters.mtls.CertificateClient` (the certificate re-read before every
+  exchange), to discovery's ``mtls_endpoint_aliases.token_endpoint`` when the server names
+  one. A handshake in which the server refuses the certificate is :class:`ClientRejected`
+  (``invalid_client``), never a lost answer (:func:`sidecar.adapters.mtls.refused_handshake`).
 
 Log events: ``token.exchange`` and ``token.discovery`` at debug, with status, duration and
 sizes; never a body, a header value or a token.
@@ -45,9 +40,7 @@ sizes; never a body, a header value or a token.
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
-import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +49,15 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
-from sidecar.adapters.httpkit import USER_AGENT, BodyTooLarge, Progress, fetch, tls_problem
+from sidecar.adapters.httpkit import (
+    USER_AGENT,
+    BodyTooLarge,
+    Progress,
+    fetch,
+    make_http_client,
+    tls_problem,
+)
+from sidecar.adapters.mtls import CertificateClient, refused_handshake
 from sidecar.config import CredentialConfig
 from sidecar.discovery import DiscoveryInfo, discovery_urls, parse_discovery
 from sidecar.errors import (
@@ -78,46 +79,10 @@ from sidecar.oauth import (
 from sidecar.ports import Clock
 from sidecar.redact import REDACTOR, Redactor
 from sidecar.retry_after import parse_retry_after
-from sidecar.status import rfc3339
-from sidecar.tls import (
-    LoadedCertificate,
-    client_context,
-    load_client_certificate,
-    pem_secrets,
-    read_client_certificate,
-)
 
 __all__ = ["USER_AGENT", "TokenEndpoint", "make_http_client"]
 
 log = structlog.get_logger(__name__)
-
-
-def make_http_client(
-    ca_cert: Path | None,
-    timeout: float,
-    *,
-    tls: bool = True,
-    context: ssl.SSLContext | None = None,
-) -> httpx.AsyncClient:
-    """The HTTP client for every token endpoint and discovery document.
-
-    ``ca_cert`` replaces the system trust store (``SSL_CERT_FILE``/``SSL_CERT_DIR`` apply
-    otherwise). Proxies come from the usual environment variables. Raises ConfigError naming
-    ``http.ca_cert`` when the bundle cannot be loaded. ``tls=False`` (every endpoint is plain
-    http and redirects are never followed) loads no trust store at all: an https URL would
-    then fail verification rather than go unverified. ``context`` (one holding a client
-    certificate, for mutual TLS) replaces the one built from ``ca_cert``.
-    """
-    if context is None:
-        context = client_context(ca_cert, needed=tls, setting="http.ca_cert")
-    return httpx.AsyncClient(
-        verify=context,
-        follow_redirects=False,
-        timeout=httpx.Timeout(timeout),
-        http1=True,
-        http2=False,
-        headers={"User-Agent": USER_AGENT},
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,58 +99,6 @@ def _endpoint_name(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{host}:{parts.port}" if parts.port else host
-
-
-_SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
-#: TLS alerts by which a server refuses the client's certificate (RFC 8446 §6.2).
-_CERTIFICATE_ALERTS = (
-    "CERTIFICATE_REQUIRED",
-    "BAD_CERTIFICATE",
-    "UNSUPPORTED_CERTIFICATE",
-    "CERTIFICATE_REVOKED",
-    "CERTIFICATE_EXPIRED",
-    "CERTIFICATE_UNKNOWN",
-    "UNKNOWN_CA",
-    "ACCESS_DENIED",
-)
-
-
-def _peer_alert(exc: BaseException) -> str | None:
-    """The TLS alert the server sent (``TLSV13_ALERT_CERTIFICATE_REQUIRED``, ...), if any.
-
-    A server that refuses a client certificate sends its alert during the handshake; with
-    TLS 1.3 the client learns it only when reading the answer, so httpx reports a read error.
-    The server has processed nothing then: this is not a lost answer.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            match = _SSL_REASON.search(str(current))
-            reason = getattr(current, "reason", None) or (match.group(1) if match else None)
-            if reason and "_ALERT_" in reason:
-                return reason
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _refused_handshake(exc: Exception, where: str) -> SidecarError | None:
-    """The error for a handshake the server ended with an alert, else ``None``.
-
-    A refused client certificate is final (``invalid_client``: the same certificate will be
-    refused again); any other alert is retryable. Neither is a lost answer.
-    """
-    alert = _peer_alert(exc)
-    if alert is None:
-        return None
-    if alert.endswith(_CERTIFICATE_ALERTS):
-        return ClientRejected(
-            f"{where}: the server refused the client certificate in the TLS handshake ({alert}); "
-            "nothing was processed",
-            oauth_error="invalid_client",
-        )
-    return TokenEndpointUnavailable(f"{where}: TLS handshake failed: {alert}")
 
 
 def _translate(exc: Exception, *, url: str, what: str, exchange: bool) -> SidecarError:
@@ -232,8 +145,7 @@ class TokenEndpoint:
     ) -> None:
         self._credential = credential
         self._ca_cert = ca_cert
-        self._mtls: tuple[LoadedCertificate, httpx.AsyncClient] | None = None
-        self._mtls_key_secrets: list[str] = []
+        self._mtls: CertificateClient | None = None
         self._redactor = redactor
         self._assertion: str | None = None
         self._http = http
@@ -379,43 +291,24 @@ class TokenEndpoint:
     async def aclose(self) -> None:
         """Close the mutual-TLS client, if one was made (the shared client is the caller's)."""
         if self._mtls is not None:
-            await self._mtls[1].aclose()
-            self._mtls = None
+            await self._mtls.aclose()
 
     # -- mutual TLS -------------------------------------------------------------------
 
     async def _http_for(self, client: ClientCredentials) -> httpx.AsyncClient:
-        """The HTTP client presenting ``client``'s certificate (re-read now), else the shared one.
-
-        A changed certificate or key (a rotation on disk or in Vault) gets a new context and
-        client; the old client is closed. Raises ClientCertificateInvalid naming the file.
-        """
+        """The client presenting ``client``'s certificate (re-read now), else the shared one."""
         if client.certificate is None:
             return self._http
-        text = read_client_certificate(client.certificate)
-        key_secrets = pem_secrets(text.key.decode("utf-8", "replace"))
-        self._redactor.add(*key_secrets)
-        now = self._time()
-        if self._mtls is not None and self._mtls[0].digest == text.digest:
-            self._mtls[0].check_valid(now)
-            return self._mtls[1]
-        loaded = load_client_certificate(text, self._ca_cert, now=now)
-        timeout = self._http.timeout.read or self._request_timeout or 10.0
-        http = make_http_client(self._ca_cert, timeout, context=loaded.context)
-        previous, self._mtls = self._mtls, (loaded, http)
-        for value in self._mtls_key_secrets:
-            if value not in key_secrets:
-                self._redactor.discard(value)
-        self._mtls_key_secrets = key_secrets
-        self._log.info(
-            "tls.client_certificate_loaded",
-            source=loaded.source,
-            not_after=rfc3339(loaded.not_after),
-            rotated=previous is not None,
-        )
-        if previous is not None:
-            await previous[1].aclose()
-        return http
+        if self._mtls is None:
+            timeout = self._http.timeout.read or self._request_timeout or 10.0
+            self._mtls = CertificateClient(
+                ca_cert=self._ca_cert,
+                timeout=timeout,
+                redactor=self._redactor,
+                time=self._time,
+                log=self._log,
+            )
+        return await self._mtls.get(client.certificate)
 
     # -- endpoint and discovery -------------------------------------------------------
 
@@ -526,7 +419,7 @@ class TokenEndpoint:
     def _failure(
         exc: Exception, url: str, what: str, exchange: bool, progress: Progress
     ) -> SidecarError:
-        error = _refused_handshake(exc, f"{what} {_endpoint_name(url)}") or _translate(
+        error = refused_handshake(exc, f"{what} {_endpoint_name(url)}") or _translate(
             exc, url=url, what=what, exchange=exchange
         )
         status = progress.status

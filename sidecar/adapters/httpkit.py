@@ -8,7 +8,9 @@ each translate failures into their own errors; how a request is sent and read li
   server dripping bytes would never time out) and a bound on the body, counted after
   decoding so a compressed bomb counts too; what arrived is kept in a :class:`Progress` so a
   caller can look at an answer cut off mid-body;
-- :func:`tls_problem`: the TLS failure somewhere in an exception's cause chain, described.
+- :func:`tls_problem`: the TLS failure somewhere in an exception's cause chain, described;
+- :func:`make_http_client`: the client for authorization servers (token endpoint, discovery,
+  the operator commands' endpoints).
 """
 
 from __future__ import annotations
@@ -16,12 +18,21 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from sidecar import __version__
+from sidecar.tls import client_context
 
-__all__ = ["USER_AGENT", "BodyTooLarge", "Progress", "fetch", "tls_problem"]
+__all__ = [
+    "USER_AGENT",
+    "BodyTooLarge",
+    "Progress",
+    "fetch",
+    "make_http_client",
+    "tls_problem",
+]
 
 USER_AGENT = f"token-sidecar/{__version__}"
 
@@ -90,3 +101,31 @@ def tls_problem(exc: BaseException) -> str | None:
             return f"TLS handshake failed: {current.reason or 'unknown reason'}"
         current = current.__cause__ or current.__context__
     return None
+
+
+def make_http_client(
+    ca_cert: Path | None,
+    timeout: float,
+    *,
+    tls: bool = True,
+    context: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
+    """The HTTP client for every token endpoint and discovery document.
+
+    ``ca_cert`` replaces the system trust store (``SSL_CERT_FILE``/``SSL_CERT_DIR`` apply
+    otherwise). Proxies come from the usual environment variables. Raises ConfigError naming
+    ``http.ca_cert`` when the bundle cannot be loaded. ``tls=False`` (every endpoint is plain
+    http and redirects are never followed) loads no trust store at all: an https URL would
+    then fail verification rather than go unverified. ``context`` (one holding a client
+    certificate, for mutual TLS) replaces the one built from ``ca_cert``.
+    """
+    if context is None:
+        context = client_context(ca_cert, needed=tls, setting="http.ca_cert")
+    return httpx.AsyncClient(
+        verify=context,
+        follow_redirects=False,
+        timeout=httpx.Timeout(timeout),
+        http1=True,
+        http2=False,
+        headers={"User-Agent": USER_AGENT},
+    )

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from sidecar.adapters.authorization import AuthorizationServer
-from sidecar.adapters.exchange import make_http_client
+from sidecar.adapters.httpkit import make_http_client
 from sidecar.adapters.vault import VaultSecretStore, VaultSession
 from sidecar.app import client_template
 from sidecar.client_auth import client_credentials
 from sidecar.config import CredentialConfig, Settings
 from sidecar.errors import ConfigError
-from sidecar.model import TLS_AUTH_METHODS, ClientCredentials, StoredSecret
+from sidecar.model import ClientCredentials, StoredSecret
 from sidecar.ports import Clock
 from sidecar.redact import REDACTOR
 
@@ -61,6 +61,7 @@ class Operator:
     settings: Settings
     vault: VaultSession
     http: httpx.AsyncClient
+    servers: list[AuthorizationServer] = field(default_factory=list)
 
     @classmethod
     def open(cls, settings: Settings, clock: Clock) -> Operator:
@@ -76,15 +77,23 @@ class Operator:
         return VaultSecretStore(self.vault, credential.kv_mount, credential.kv_path)
 
     def server(
-        self, credential: CredentialConfig, overrides: Mapping[str, str | None] | None = None
+        self,
+        credential: CredentialConfig,
+        client: ClientCredentials,
+        overrides: Mapping[str, str | None] | None = None,
     ) -> AuthorizationServer:
-        return AuthorizationServer(
+        """The authorization server as ``client`` meets it (with its certificate, if any)."""
+        server = AuthorizationServer(
             credential,
             self.http,
             overrides=overrides,
             max_response_bytes=self.settings.http.max_response_bytes,
             timeout=self.settings.http.timeout_seconds,
+            certificate=client.certificate,
+            ca_cert=self.settings.http.ca_cert,
         )
+        self.servers.append(server)
+        return server
 
     def client(
         self, credential: CredentialConfig, data: Mapping[str, Any] | None, location: str
@@ -101,15 +110,6 @@ class Operator:
             value = fields.get(name)
             return value if isinstance(value, str) and value else None
 
-        if credential.client_auth in TLS_AUTH_METHODS:
-            raise ConfigError(
-                [
-                    f"--credential {credential.name}: client_auth {credential.client_auth} "
-                    "authenticates with a client certificate on the connection, which seed "
-                    "and retire do not present yet; use them with a client that authenticates "
-                    "otherwise, or write the refresh token to Vault by hand"
-                ]
-            )
         secret = StoredSecret(
             location=location,
             version=0,
@@ -117,10 +117,14 @@ class Operator:
             client_id=text("client_id"),
             client_secret=text("client_secret"),
             private_key=text("private_key"),
+            client_cert=text("client_cert"),
+            client_key=text("client_key"),
         )
-        REDACTOR.add(secret.client_secret, secret.private_key)
+        REDACTOR.add(secret.client_secret, secret.private_key, secret.client_key)
         return client_credentials(client_template(credential), secret)
 
     async def aclose(self) -> None:
+        for server in self.servers:
+            await server.aclose()
         await self.http.aclose()
         await self.vault.aclose()

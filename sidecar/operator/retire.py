@@ -59,7 +59,7 @@ async def retire(
             return EXIT_OK
         raise SecretInvalid(f"{store.location}: there is no refresh token to retire")
     client = operator.client(credential, data, store.location)
-    server = operator.server(credential, endpoints)
+    server = operator.server(credential, client, endpoints)
     await server.endpoints()  # a missing revocation endpoint is found before anything changes
 
     def mark(fields: Mapping[str, Any] | None, version: int) -> Mapping[str, Any]:

@@ -83,7 +83,7 @@ async def seed(
     if has_refresh_token(data) and not options.replace:
         raise _exists(store.location)
     client = operator.client(credential, data, store.location)
-    server = operator.server(credential, options.endpoints)
+    server = operator.server(credential, client, options.endpoints)
     endpoints = await server.endpoints()
     flow: Flow = options.flow or ("device" if endpoints.device_authorization else "browser")
     scope = seeding_scope(credential.scope, endpoints.scopes_supported)

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support.deployment import KV_PATH, ROLE, Deployment, wait_for
+from tests.support.idp_user import User
 from tests.support.mtls import (
     Certificates,
     configure,
@@ -35,6 +36,7 @@ from tests.support.mtls import (
     token,
 )
 from tests.support.openbao import OpenBaoServer
+from tests.support.operator import OperatorCli
 from tests.support.rawserver import TlsMaterial
 
 pytestmark = pytest.mark.integration
@@ -369,3 +371,63 @@ def test_a_certificate_refused_in_the_handshake_is_final_and_spends_no_refresh_t
     assert data["refresh_token"] == "rt-never-presented-0123456789"
     assert "rejected" not in data.get("token_sidecar", {})
     assert cc.vault_secret()[1] >= version
+
+
+# -- the operator commands with a client certificate ----------------------------------------
+
+
+def test_seed_and_retire_present_the_client_certificate(
+    openbao: OpenBaoServer, cc: Deployment, certificates: Certificates
+) -> None:
+    """seed (device flow) and retire for a tls_client_auth client: the server authenticates
+    the client at the device authorization, token and revocation endpoints, which it can do
+    only over the mTLS listener its ``mtls_endpoint_aliases`` name; nothing secret is shown."""
+    openbao.create_role(ROLE, [openbao.write_kv_policy("cc-write", KV_PATH)])
+    cert, key = pem(certificates.svc[0]), pem(certificates.svc[1])
+    put(cc, client_id="client-tls", client_cert=cert, client_key=key)
+    cc.write_config(
+        client_auth="tls_client_auth",
+        token_endpoint=None,
+        issuer=cc.idp.issuer,
+        sections={"http": {"ca_cert": str(certificates.material.ca)}},
+    )
+    operator = OperatorCli(cc, openbao.create_token([openbao.write_kv_policy("op", KV_PATH)]))
+    try:
+        seed = operator.start("seed", "--credential", "billing", "--flow", "device")
+        shown = seed.event("device.authorization")
+        with User(cc.idp.issuer) as user:
+            user.approve_device(shown["user_code"])
+        assert seed.wait(30) == 0, seed.stderr
+        stats = cc.idp.stats()
+        assert stats["client_certificates"] == {thumbprint(certificates.svc[0]): 1}
+        seeded, _ = cc.vault_secret()
+        assert seeded["token_sidecar"]["seeded"]["flow"] == "device"
+        assert (seeded["client_cert"], seeded["client_key"]) == (cert, key)  # kept
+
+        # The seeded token works for the sidecar, with the same certificate.
+        assert cc.cli("once").returncode == 0
+        rotated, _ = cc.vault_secret()
+        assert rotated["refresh_token"] != seeded["refresh_token"]
+
+        retire = operator.run("retire", "--credential", "billing")
+        assert retire.process.returncode == 0, retire.stderr
+        assert [e["event"] for e in retire.events() if e["event"] != "claim.wait"] == [
+            "retire.marked",
+            "revoked",
+            "retired",
+        ]
+        stats = cc.idp.stats()
+        assert stats["revocation_requests"] == 1
+        assert stats["grants_revoked"] == 1
+        assert "refresh_token" not in cc.vault_secret()[0]
+    finally:
+        operator.close()
+    key_body = "".join(key.splitlines()[1:-1])
+    shown_text = "".join(seed.stdout + retire.stdout) + seed.stderr + retire.stderr
+    for secret in (
+        key_body,
+        key_body[:40],
+        seeded["refresh_token"],
+        rotated["refresh_token"],
+    ):
+        assert secret not in shown_text

@@ -591,9 +591,21 @@ def test_discovery_reads_the_mtls_token_endpoint_alias() -> None:
     aliases = {"token_endpoint": "https://mtls.as.example/token", "other": 1}
     info = parse_discovery(discovery_body(mtls_endpoint_aliases=aliases), "https://as.example")
     assert info.mtls_token_endpoint == "https://mtls.as.example/token"
+    assert info.mtls_device_authorization_endpoint is None
     assert parse_discovery(discovery_body(), "https://as.example").mtls_token_endpoint is None
     odd = discovery_body(mtls_endpoint_aliases=["x"])
     assert parse_discovery(odd, "https://as.example").mtls_token_endpoint is None
+
+
+def test_discovery_reads_the_aliases_the_operator_commands_use() -> None:
+    aliases = {
+        "device_authorization_endpoint": "https://mtls.as.example/device",
+        "revocation_endpoint": "https://mtls.as.example/revoke",
+    }
+    info = parse_discovery(discovery_body(mtls_endpoint_aliases=aliases), "https://as.example")
+    assert info.mtls_device_authorization_endpoint == "https://mtls.as.example/device"
+    assert info.mtls_revocation_endpoint == "https://mtls.as.example/revoke"
+    assert info.mtls_token_endpoint is None
 
 
 @pytest.mark.parametrize(
@@ -604,7 +616,10 @@ def test_discovery_reads_the_mtls_token_endpoint_alias() -> None:
         (42, MalformedResponse),
     ],
 )
-def test_discovery_refuses_an_unusable_mtls_alias(alias: object, error: type[Exception]) -> None:
-    body = discovery_body(mtls_endpoint_aliases={"token_endpoint": alias})
-    with pytest.raises(error, match=r"mtls_endpoint_aliases\.token_endpoint"):
+@pytest.mark.parametrize("name", ["token_endpoint", "revocation_endpoint"])
+def test_discovery_refuses_an_unusable_mtls_alias(
+    alias: object, error: type[Exception], name: str
+) -> None:
+    body = discovery_body(mtls_endpoint_aliases={name: alias})
+    with pytest.raises(error, match=rf"mtls_endpoint_aliases\.{name}"):
         parse_discovery(body, "https://as.example", allow_http=True)

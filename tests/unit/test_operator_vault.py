@@ -11,9 +11,10 @@ import pytest
 from sidecar.adapters.vault import secret_from_kv
 from sidecar.adapters.vault.auth import given_token
 from sidecar.config import Settings, VaultAuthConfig
-from sidecar.errors import ConfigError, FinalError, SecretRetired, VaultAuthFailed
+from sidecar.errors import FinalError, SecretInvalid, SecretRetired, VaultAuthFailed
 from sidecar.lifecycle import retired_data, revoked_data
 from sidecar.operator.context import Operator
+from sidecar.redact import REDACTOR
 
 
 def kv(data: dict[str, object], version: int = 3) -> dict[str, object]:
@@ -48,8 +49,9 @@ def test_token_method_reads_the_vault_cli_token_file(tmp_path: Path) -> None:
         given_token(auth, {})
 
 
-def test_a_tls_client_is_refused_before_anyone_logs_in(tmp_path: Path) -> None:
-    """seed and retire present no client certificate: say so before the user's login."""
+def test_a_tls_client_takes_its_certificate_from_the_secret(tmp_path: Path) -> None:
+    """seed and retire present the secret's client_cert and client_key, like run; without
+    them the error names the fields before anyone logs in."""
     settings = Settings.model_validate(
         {
             "credentials": [
@@ -64,5 +66,12 @@ def test_a_tls_client_is_refused_before_anyone_logs_in(tmp_path: Path) -> None:
         }
     )
     operator = Operator(settings=settings, vault=None, http=None)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="client certificate"):
-        operator.client(settings.credentials[0], {"client_id": "c"}, "secret/apps/billing")
+    credential = settings.credentials[0]
+    with pytest.raises(SecretInvalid, match="client_cert"):
+        operator.client(credential, {"client_id": "c"}, "secret/apps/billing")
+    key = "-----BEGIN PRIVATE KEY-----\nb3BlcmF0b3Ita2V5\n-----END PRIVATE KEY-----\n"
+    fields = {"client_id": "c", "client_cert": "CERT", "client_key": key}
+    client = operator.client(credential, fields, "secret/apps/billing")
+    assert client.certificate is not None
+    assert client.certificate.key_pem == key
+    assert key not in REDACTOR.scrub(f"key: {key}")

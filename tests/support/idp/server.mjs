@@ -774,11 +774,20 @@ const mtlsServer = args['mtls-port'] === undefined ? undefined : https.createSer
 
 /** Name the mTLS listener in discovery (RFC 8705 §5); oidc-provider does not do it itself. */
 function withMtlsAlias(mtlsPort) {
-  const alias = `https://${HOST}:${mtlsPort}${TOKEN_PATH}`;
+  // RFC 8705 §5: the back-channel endpoints a certificate is presented at, on the mTLS
+  // listener (the same provider, so the same paths).
+  const origin = `https://${HOST}:${mtlsPort}`;
+  const aliased = ['token_endpoint', 'device_authorization_endpoint', 'revocation_endpoint'];
   return async (ctx, next) => {
     await next();
     if (ctx.path.startsWith('/.well-known/') && ctx.status === 200 && ctx.body) {
-      ctx.body = { ...ctx.body, mtls_endpoint_aliases: { token_endpoint: alias } };
+      const aliases = {};
+      for (const name of aliased) {
+        if (typeof ctx.body[name] === 'string') {
+          aliases[name] = origin + new URL(ctx.body[name]).pathname;
+        }
+      }
+      ctx.body = { ...ctx.body, mtls_endpoint_aliases: aliases };
     }
   };
 }
