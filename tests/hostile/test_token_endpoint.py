@@ -347,15 +347,20 @@ def test_a_slow_drip_is_bounded_by_the_overall_timeout(sidecar: Sidecar) -> None
     The request may have reached the server, so it is retried once (R1) and then treated as
     possibly spent: reported, and not presented again until Vault holds another token.
     """
+    body, drip = grant_body(), 0.4
     sidecar.configure(
-        Reply(200, grant_body(), drip=0.4, drip_bytes=1),
+        Reply(200, body, drip=drip, drip_bytes=1),
         sections={"http": {"timeout_seconds": 1}},
         refresh={"secret_poll_seconds": 0.5},
     )
     started = time.monotonic()
     sidecar.start()
-    health = sidecar.wait_state("rejected", timeout=10)
-    assert time.monotonic() - started < 6  # two attempts of one second, plus start-up
+    # Two attempts of one second each, plus start-up and the retry's backoff; without the
+    # overall deadline a single attempt would take the whole drip (about 35 s). Half of that
+    # bounds it with room for a loaded machine.
+    whole_drip = len(json.dumps(body)) * drip
+    health = sidecar.wait_state("rejected", timeout=whole_drip / 2)
+    assert time.monotonic() - started < whole_drip / 2
     assert health["last_error"] == "response_lost_twice"
     assert failures(sidecar) == [
         (

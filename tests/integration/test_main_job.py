@@ -191,6 +191,9 @@ def test_every_client_auth_method_end_to_end(
     deployment: Deployment, client_id: str, method: str, discovery: bool
 ) -> None:
     dep = deployment
+    # Long enough that the second run finds the first one's token still fresh under any load
+    # (with 4 s tokens it had to start within about 2.5 s).
+    dep.idp.set_ttl(access_token=60)
     seeded = dep.idp.seed_refresh_token(client_id)
     secret: dict[str, Any] = {"refresh_token": seeded}
     overrides: dict[str, Any] = {"client_auth": method, "client_id": client_id}
