@@ -43,7 +43,13 @@ import structlog
 
 from sidecar.backoff import backoff_delay
 from sidecar.client_auth import ClientTemplate, client_credentials
-from sidecar.errors import ExpiredAnswer, FinalError, SidecarError, VaultUnavailable
+from sidecar.errors import (
+    ExpiredAnswer,
+    Severity,
+    SidecarError,
+    VaultUnavailable,
+    classify_failure,
+)
 from sidecar.model import ClientCredentials, PublishedToken, StoredSecret, TokenGrant
 from sidecar.ports import Clock, RefreshObserver, SecretStore, TokenSink
 from sidecar.redact import REDACTOR, Redactor
@@ -234,7 +240,8 @@ class ClientCredentialsLoop:
         status = self.status
         status.last_error = exc.kind
         status.consecutive_failures = self._failures
-        if isinstance(exc, FinalError):
+        retryable = classify_failure(exc) is Severity.RETRYABLE  # nothing to reject here
+        if not retryable:
             self._set_phase(Phase.FAILED, exc.kind)
             delay = max(
                 self._policy.secret_poll,
@@ -245,7 +252,7 @@ class ClientCredentialsLoop:
             self._set_phase(phase, exc.kind)
             delay = backoff_delay(self._failures, self._policy.backoff, self._rng, exc.retry_after)
         self._next = self._clock.monotonic() + delay
-        level = "error" if isinstance(exc, FinalError) else "warning"
+        level = "warning" if retryable else "error"
         getattr(self._log, level)(
             event, error=exc.kind, message=exc.message, retry_in=round(delay, 3)
         )

@@ -38,9 +38,12 @@ boundary with ``raise ... from exc``; the core decides what to do from the class
 
 Every error has a short ``kind`` used in metrics, health output and log events. Messages name
 what was wrong and where; they never contain a token, a client secret or a response body.
+:func:`classify_failure` is the one place that turns the class into what a loop does next.
 """
 
 from __future__ import annotations
+
+from enum import Enum
 
 __all__ = [
     "AuthorizationDenied",
@@ -64,12 +67,14 @@ __all__ = [
     "SecretInvalid",
     "SecretNotFound",
     "SecretRetired",
+    "Severity",
     "SidecarError",
     "SinkError",
     "TokenEndpointUnavailable",
     "VaultAuthFailed",
     "VaultPermissionDenied",
     "VaultUnavailable",
+    "classify_failure",
 ]
 
 
@@ -248,3 +253,24 @@ class AuthorizationDenied(FinalError):
 
 class AuthorizationExpired(FinalError):
     kind = "expired_token"
+
+
+class Severity(Enum):
+    """What a failed attempt means for the next one (R6)."""
+
+    REJECTED = "rejected"
+    """The refresh token is given up (never presented again) until Vault holds another."""
+    FINAL = "final"
+    """Retrying the same input cannot help: look again at the secret-poll pace."""
+    RETRYABLE = "retryable"
+    """Transient: back off, honouring ``retry_after``, and try again."""
+
+
+def classify_failure(exc: SidecarError) -> Severity:
+    """The severity of ``exc``: what to share with the other replicas, which phase to report,
+    how long to wait. A configuration error is final (it needs a change, not a retry)."""
+    if isinstance(exc, InvalidGrant | ResponseLostTwice):
+        return Severity.REJECTED
+    if isinstance(exc, RetryableError):
+        return Severity.RETRYABLE
+    return Severity.FINAL

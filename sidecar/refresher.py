@@ -5,14 +5,9 @@ Every cycle starts by reading the secret, because replicas sharing it take turns
 another replica is waited out, and only the replica that wins the check-and-set claim
 exchanges the refresh token.
 
-State kept between cycles:
-
-* ``secret``: the KV secret as last read or written; its version fences the next write;
-* ``pending``: the secret as it must become after a successful exchange (rotated refresh
-  token, shared access token, claim cleared) while Vault does not hold it yet;
-* ``held``: an access token waiting for its refresh token to be persisted before publishing;
-* ``next_refresh`` and ``next_write``: monotonic deadlines for the next cycle and the next
-  write-back attempt.
+State kept between cycles: the secret as last seen and the rotated token on its way to Vault
+(:class:`sidecar.writeback.WriteBack`), the locally rejected tokens, and ``next_refresh``, the
+monotonic deadline of the next cycle.
 
 The order of a rotation follows R2 in DESIGN.md: the rotated token goes to the journal (if one
 is configured), then to Vault with check-and-set on the claim's version, and only then is the
@@ -54,26 +49,19 @@ from sidecar.errors import (
     CasConflict,
     ClaimExpired,
     ExpiredAnswer,
-    FinalError,
     InvalidGrant,
-    JournalBusy,
     MalformedResponse,
     ResponseLost,
     ResponseLostTwice,
-    RetryableError,
     SecretInvalid,
     SecretRetired,
+    Severity,
     SidecarError,
     SinkError,
     VaultUnavailable,
+    classify_failure,
 )
-from sidecar.model import (
-    ClientCredentials,
-    JournalEntry,
-    PublishedToken,
-    StoredSecret,
-    TokenGrant,
-)
+from sidecar.model import ClientCredentials, PublishedToken, StoredSecret, TokenGrant
 from sidecar.ports import (
     Clock,
     Journal,
@@ -90,6 +78,7 @@ from sidecar.schedule import (
     refresh_window,
 )
 from sidecar.status import CredentialStatus, Phase
+from sidecar.writeback import WriteBack, WriteResult
 
 __all__ = ["ClientTemplate", "RefreshPolicy", "Refresher", "client_credentials"]
 
@@ -97,8 +86,6 @@ log = structlog.get_logger(__name__)
 
 #: slack added to every promise the loop makes about when it will act again (liveness).
 LIVENESS_SLACK = 30.0
-#: a write-back is retried at least this often, so a returning Vault gets the token at once.
-WRITEBACK_MAX_BACKOFF = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,26 +131,29 @@ class Refresher:
         self._holder = holder
         self._policy = policy
         self._observer = observer
-        self._journal = journal
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._redactor = redactor
         self._log = log.bind(credential=status.name)
         self._never = asyncio.Event()
+        self._wb = WriteBack(
+            store=store,
+            journal=journal,
+            status=status,
+            clock=clock,
+            backoff=policy.backoff,
+            rng=self._rng,
+            redactor=redactor,
+            log=self._log,
+            promise_io=self._promise_io,
+        )
 
-        self._secret: StoredSecret | None = None
-        self._pending: dict[str, Any] | None = None
-        self._held: SharedAccess | None = None
         self._published: str | None = None
         self._rejected: set[str] = set()
-        self._written_version: int | None = None
         self._noted_refresh_token: str | None = None
         self._predecessors: frozenset[str] = frozenset()
-        self._journal_loaded = False
         self._deferred: SidecarError | None = None
         self._failures = 0
-        self._write_failures = 0
         self._next_refresh = -math.inf
-        self._next_write = -math.inf
         self._claim_deadline = -math.inf
         self._oneshot = False
         self._done = False
@@ -177,32 +167,16 @@ class Refresher:
     async def run(self) -> None:
         """Refresh until stop is set, then finish any pending write-back and return."""
         self._sink.prepare()
-        self._open_journal()
+        self._predecessors = self._wb.open_journal(self._holder)
         try:
             while await self._step():
                 pass
         finally:
             self._set_phase(Phase.STOPPED)
             self.status.alive_until = math.inf
-            if self._journal is not None:
-                self._journal.close()
+            self._wb.close_journal()
         if self._deferred is not None:
             raise self._deferred
-
-    def _open_journal(self) -> None:
-        """Take the journal for this process; learn whose claims it may take over."""
-        if self._journal is None:
-            return
-        try:
-            self._predecessors = self._journal.open(self._holder)
-        except JournalBusy as exc:
-            # Another live process (a `once` beside `run`) has it: share nothing with it.
-            # Without a journal, publishing waits until Vault holds a rotated token (R2).
-            self._log.warning("journal.busy", message=exc.message)
-            self._journal = None
-        except SinkError as exc:
-            self._log.error("journal.unusable", error=exc.kind, message=exc.message)
-            self._journal = None
 
     async def once(self) -> None:
         """Make sure a fresh token is published (reusing a replica's fresh one), then return.
@@ -217,20 +191,21 @@ class Refresher:
     async def _step(self) -> bool:
         """Do what is due, or sleep until something is; return False when finished."""
         now = self._clock.monotonic()
-        if self._pending is not None and now >= self._next_write:
+        pending = self._wb.pending is not None
+        if pending and now >= self._wb.next_write:
             await self._write_back()
             return True
         if self._stop.is_set() or self._done:
-            if self._pending is None:
+            if not pending:
                 return False
-            await self._sleep(self._next_write - now, interruptible=False)
+            await self._sleep(self._wb.next_write - now, interruptible=False)
             return True
         if now >= self._next_refresh:
             await self._cycle()
             return True
         wake = self._next_refresh
-        if self._pending is not None:
-            wake = min(wake, self._next_write)
+        if pending:
+            wake = min(wake, self._wb.next_write)
         await self._sleep(wake - now, interruptible=True)
         return True
 
@@ -247,7 +222,7 @@ class Refresher:
         return self._clock.monotonic() + max(seconds, 0.0)
 
     async def _cycle(self) -> None:
-        if self._pending is not None:
+        if self._wb.pending is not None:
             # Vault does not hold our rotated token yet and no other replica knows it; the
             # write-back keeps being retried. See _refresh_from_memory for when it is safe to
             # go on refreshing from it.
@@ -256,7 +231,7 @@ class Refresher:
         try:
             secret = await self._read()
         except VaultUnavailable as exc:
-            if self._policy.coordination.exclusive and self._last_writer():
+            if self._policy.coordination.exclusive and self._wb.last_writer():
                 # R6 for a sidecar alone with its secret: Vault being down never stops
                 # refreshes from the token in memory. With replicas, having written the version
                 # last seen proves nothing: another replica may have claimed and rotated since,
@@ -270,13 +245,13 @@ class Refresher:
             self._fail(exc, "secret.read_failed")
             return
         try:
-            self._recover_journal(secret)
+            self._wb.recover(secret)
         except SinkError as exc:
             # It may hold the only live copy of the refresh token: presenting Vault's could
             # present a spent one (R1). Try again after a backoff.
             self._fail(exc, "journal.read_failed")
             return
-        if self._pending is not None:
+        if self._wb.pending is not None:
             return  # our result goes to Vault before anything else happens
         state = SharedState.parse(secret.data)
         now = self._clock.time()
@@ -367,9 +342,7 @@ class Refresher:
         except SidecarError as exc:
             self._fail(exc, "claim.failed")
             return
-        self._secret = claimed
-        self._written_version = claimed.version
-        self.status.secret_version = claimed.version
+        self._wb.record(claimed, written=True)
         deadline = claimed_at + self._policy.coordination.claim_seconds
         self._claim_deadline = deadline
         await self._exchange_and_persist(claimed, client, state, claim_deadline=deadline)
@@ -385,10 +358,6 @@ class Refresher:
             self.status.refresh_token_expires_at = jwt_expiry(refresh_token)
         self._noted_refresh_token = refresh_token
 
-    def _last_writer(self) -> bool:
-        """Whether the secret as this replica last saw it is its own write."""
-        return self._secret is not None and self._secret.version == self._written_version
-
     async def _refresh_from_memory(self) -> None:
         """Refresh with the token Vault does not hold yet, while that is safe.
 
@@ -398,9 +367,10 @@ class Refresher:
         the request, like any other exchange, unless this process is alone with the secret
         (``coordination.exclusive``). Otherwise the write-back is retried until Vault is back.
         """
-        assert self._secret is not None  # noqa: S101
-        if self._oneshot and self._pending is not None:
-            self._next_refresh = self._next_write
+        secret = self._wb.secret
+        assert secret is not None  # noqa: S101
+        if self._oneshot and self._wb.pending is not None:
+            self._next_refresh = self._wb.next_write
             return
         claim_deadline = None if self._policy.coordination.exclusive else self._claim_deadline
         try:
@@ -409,13 +379,13 @@ class Refresher:
             self._fail(exc, "token.refresh_failed")
             return
         try:
-            client = client_credentials(self._client, self._secret)
+            client = client_credentials(self._client, secret)
         except SecretInvalid as exc:
             self._fail(exc, "secret.invalid")
             return
         self._log.warning("token.refresh_from_memory")
         await self._exchange_and_persist(
-            self._secret, client, SharedState(), claim_deadline=claim_deadline
+            secret, client, SharedState(), claim_deadline=claim_deadline
         )
 
     async def _exchange_and_persist(
@@ -426,7 +396,7 @@ class Refresher:
         *,
         claim_deadline: float | None,
     ) -> None:
-        token = str(self._pending["refresh_token"]) if self._pending else base.refresh_token
+        token = str(self._wb.pending["refresh_token"]) if self._wb.pending else base.refresh_token
         started_mono = self._clock.monotonic()
         started_wall = self._clock.time()
         self.status.last_attempt_at = started_wall
@@ -466,7 +436,7 @@ class Refresher:
         self._failures = 0
         new_token = grant.refresh_token or token
         result = with_result(
-            self._pending or base.data,
+            self._wb.pending or base.data,
             refresh_token=new_token,
             grant=grant,
             issued_at=started_wall,
@@ -476,13 +446,13 @@ class Refresher:
         access = SharedAccess.parse(result["token_sidecar"]["access"])
         assert access is not None  # noqa: S101  # with_result wrote it
         self._note_refresh_token(new_token, SharedState.parse(result).refresh)
-        journalled = self._hold(base, result, new_token, started_wall)
-        self._held = access
+        journalled = self._wb.hold(base, result, new_token, started_wall)
+        self._wb.held = access
         # A lost check-and-set (-inf: decide again now) or a failed publish (backoff) below
         # sets an earlier time than the normal schedule; keep the earlier one.
         self._next_refresh = math.inf
         await self._write_back()
-        if self._pending is not None and journalled:
+        if self._wb.pending is not None and journalled:
             self._publish_held()
         low, high = refresh_window(lifetime, self._policy.schedule)
         self._next_refresh = min(self._next_refresh, started_mono + self._rng.uniform(low, high))
@@ -506,23 +476,24 @@ class Refresher:
             # The server rotated but its answer is unusable: keep the new token (R2), and
             # share the backoff so that other replicas do not retry at once.
             self._redactor.add(salvaged)
-            data = {**(self._pending or base.data), "refresh_token": salvaged}
+            data = {**(self._wb.pending or base.data), "refresh_token": salvaged}
             failures = state.failures + 1
             wait = backoff_delay(failures, self._policy.backoff, self._rng, exc.retry_after)
             release = with_release(
                 data, next_attempt_at=self._clock.time() + wait, failures=failures
             )
-            self._hold(base, release, salvaged, started_wall)
+            self._wb.hold(base, release, salvaged, started_wall)
             await self._write_back()
             self._fail(exc, event)
             return
-        if isinstance(exc, InvalidGrant | ResponseLostTwice):
+        severity = classify_failure(exc)
+        if severity is Severity.REJECTED:
             # Whatever Vault holds is spent too when the refused token was our pending one.
             self._rejected.update({fingerprint(token), fingerprint(base.refresh_token)})
-            if self._pending is not None:
-                self._drop_pending()
+            if self._wb.pending is not None:
+                self._wb.drop()
             release = with_release(base.data, rejected=fingerprint(base.refresh_token))
-        elif isinstance(exc, RetryableError):
+        elif severity is Severity.RETRYABLE:
             failures = state.failures + 1
             wait = backoff_delay(failures, self._policy.backoff, self._rng, exc.retry_after)
             release = with_release(
@@ -531,7 +502,7 @@ class Refresher:
         else:
             wait = max(self._policy.secret_poll, self._policy.backoff.initial)
             release = with_release(base.data, next_attempt_at=self._clock.time() + wait)
-        if self._pending is None:
+        if self._wb.pending is None:
             await self._release(base, release)
         self._fail(exc, "token.rejected" if isinstance(exc, InvalidGrant) else event)
 
@@ -539,9 +510,7 @@ class Refresher:
         """Give up the claim and share the failure; best effort (the claim expires anyway)."""
         self._promise_io()
         try:
-            self._secret = await self._store.write(base, data)
-            self._written_version = self._secret.version
-            self.status.secret_version = self._secret.version
+            self._wb.record(await self._store.write(base, data), written=True)
         except SidecarError as exc:
             self._log.warning("claim.release_failed", error=exc.kind)
 
@@ -549,10 +518,9 @@ class Refresher:
         self._promise_io()
         secret = await self._store.read()
         self._redactor.add(secret.refresh_token, secret.client_secret)
-        changed = self._secret is None or secret.version != self._secret.version
-        previous = self._secret
-        self._secret = secret
-        self.status.secret_version = secret.version
+        previous = self._wb.secret
+        changed = previous is None or secret.version != previous.version
+        self._wb.record(secret, written=False)
         self._note_refresh_token(secret.refresh_token, SharedState.parse(secret.data).refresh)
         if changed:
             self._log.debug("secret.read", location=secret.location, version=secret.version)
@@ -563,44 +531,6 @@ class Refresher:
         ):
             self._log.info("secret.reseeded", version=secret.version)
         return secret
-
-    def _recover_journal(self, secret: StoredSecret) -> None:
-        """Reconcile a journalled token with what Vault holds (after a crash or restart).
-
-        Once per process: the journal is this process's alone from then on (its lock), so
-        whatever it holds later, this process knows already. Raises JournalError.
-        """
-        if self._journal is None or self._pending is not None or self._journal_loaded:
-            return
-        entry = self._journal.load()
-        self._journal_loaded = True
-        if entry is None:
-            return
-        self._redactor.add(entry.refresh_token)
-        if entry.location != secret.location or secret.refresh_token == entry.refresh_token:
-            self._clear_journal()
-        elif secret.version == entry.base_version:
-            # Vault still holds the token this one was rotated from: that one is spent.
-            self._log.warning("journal.recovered", base_version=entry.base_version)
-            self._pending = with_release(
-                {**secret.data, "refresh_token": entry.refresh_token},
-            )
-            self.status.writeback_pending = True
-            self._next_write = -math.inf
-        else:
-            self._log.warning(
-                "journal.superseded", base_version=entry.base_version, version=secret.version
-            )
-            self._clear_journal()
-
-    def _clear_journal(self) -> None:
-        """Best effort: a stale entry is recognised as such at the next start (superseded)."""
-        if self._journal is None:
-            return
-        try:
-            self._journal.clear()
-        except SinkError as exc:
-            self._log.warning("journal.clear_failed", error=exc.kind, message=exc.message)
 
     async def _exchange(
         self, token: str, client: ClientCredentials, claim_deadline: float | None
@@ -633,99 +563,20 @@ class Refresher:
                 "timeout; not presenting the refresh token"
             )
 
-    def _hold(self, base: StoredSecret, result: dict[str, Any], token: str, when: float) -> bool:
-        """Keep the result as pending; return whether the journal holds the token durably."""
-        self._pending = result
-        self._next_write = -math.inf
-        self._write_failures = 0
-        self.status.writeback_pending = True
-        if self._journal is None:
-            return False
-        try:
-            self._journal.save(JournalEntry(base.location, base.version, token, when))
-        except SinkError as exc:
-            self._log.error("journal.write_failed", error=exc.kind, message=exc.message)
-            return False
-        return True
-
     async def _write_back(self) -> None:
-        assert self._secret is not None and self._pending is not None  # noqa: S101
-        self._promise_io()
         try:
-            stored = await self._store.write(self._secret, self._pending)
-        except CasConflict:
-            await self._resolve_conflict()
-            return
-        except SidecarError as exc:
-            self._write_failures += 1
-            delay = min(
-                backoff_delay(self._write_failures, self._policy.backoff, self._rng),
-                WRITEBACK_MAX_BACKOFF,
-            )
-            if exc.retry_after is not None:
-                delay = max(delay, min(exc.retry_after, self._policy.backoff.max_retry_after))
-            self._next_write = self._after(delay)
-            self._log.error(
-                "writeback.failed",
-                error=exc.kind,
-                message=exc.message,
-                attempt=self._write_failures,
-                retry_in=round(delay, 3),
-            )
-            return
-        self._log.info("writeback.succeeded", version=stored.version)
-        self._adopt(stored)
-
-    async def _resolve_conflict(self) -> None:
-        """Someone else wrote the secret since we read it: adopt theirs, never overwrite it."""
-        assert self._pending is not None  # noqa: S101
-        try:
-            fresh = await self._store.read()
+            result = await self._wb.write()
         except SecretRetired as exc:
-            # An operator retired the credential: the token is being revoked, keep nothing.
-            self._drop_pending()
             self._fail(exc, "secret.read_failed")
             return
-        except SidecarError as exc:
-            self._write_failures += 1
-            self._next_write = self._after(
-                min(
-                    backoff_delay(self._write_failures, self._policy.backoff, self._rng),
-                    WRITEBACK_MAX_BACKOFF,
-                )
-            )
-            self._log.warning("writeback.conflict_unresolved", error=exc.kind)
-            return
-        if fresh.refresh_token == self._pending.get("refresh_token"):
-            self._adopt(fresh)
-            return
-        self._log.warning("secret.changed_externally", version=fresh.version)
-        self._secret = fresh
-        self.status.secret_version = fresh.version
-        self._drop_pending()
-        self._next_refresh = -math.inf  # our rotation lost; decide again from what Vault holds
-
-    def _adopt(self, stored: StoredSecret) -> None:
-        if self._secret is not None and self._secret.refresh_token != stored.refresh_token:
-            self._redactor.discard(self._secret.refresh_token)
-        self._secret = stored
-        self._written_version = stored.version
-        self.status.secret_version = stored.version
-        self._pending = None
-        self._write_failures = 0
-        self.status.writeback_pending = False
-        self._clear_journal()
-        self._publish_held()
-
-    def _drop_pending(self) -> None:
-        self._pending = None
-        self._held = None
-        self.status.writeback_pending = False
-        self._clear_journal()
+        if result is WriteResult.STORED:
+            self._publish_held()
+        elif result is WriteResult.LOST:
+            self._next_refresh = -math.inf  # our rotation lost; decide again from Vault's value
 
     def _publish_held(self) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
+        held = self._wb.take_held()
+        if held is not None:
             self._publish(held, reused=False)
 
     def _publish(self, access: SharedAccess, *, reused: bool) -> None:
@@ -775,7 +626,7 @@ class Refresher:
     def _fail(self, exc: SidecarError, event: str) -> None:
         """Record a failure and schedule the next attempt by its class (R6)."""
         if self._oneshot:
-            if self._pending is None:
+            if self._wb.pending is None:
                 raise exc
             # R2: a rotated token still on its way to Vault is written before `once` fails.
             self._deferred = self._deferred or exc
@@ -785,10 +636,11 @@ class Refresher:
         status = self.status
         status.last_error = exc.kind
         status.consecutive_failures = self._failures
-        if isinstance(exc, InvalidGrant | ResponseLostTwice):
+        severity = classify_failure(exc)
+        if severity is Severity.REJECTED:
             self._set_phase(Phase.REJECTED, exc.kind)
             delay = self._policy.secret_poll
-        elif isinstance(exc, FinalError):
+        elif severity is Severity.FINAL:
             self._set_phase(Phase.FAILED, exc.kind)
             delay = max(
                 self._policy.secret_poll,
@@ -799,7 +651,7 @@ class Refresher:
             self._set_phase(phase, exc.kind)
             delay = backoff_delay(self._failures, self._policy.backoff, self._rng, exc.retry_after)
         self._next_refresh = self._after(delay)
-        level = "error" if isinstance(exc, FinalError) else "warning"
+        level = "warning" if severity is Severity.RETRYABLE else "error"
         getattr(self._log, level)(
             event, error=exc.kind, message=exc.message, retry_in=round(delay, 3)
         )
