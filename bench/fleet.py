@@ -187,10 +187,16 @@ class _Fleet:
             if next_attempt_at is not None:
                 state = SharedState(next_attempt_at=next_attempt_at, failures=failures)
                 decision = decide(
-                    "token", state, now=t, me="me", fresh_until=None, policy=self.coordination
+                    "token",
+                    state,
+                    now=t,
+                    me="me",
+                    fresh_until=None,
+                    policy=self.coordination,
+                    draw=rng.random(),
                 )
                 if decision.action is Action.WAIT and decision.until is not None:
-                    t += (decision.until - t) * rng.uniform(1.0, 1.2)
+                    t = decision.until
                     continue
             index = int(t // s.bucket) if t >= 0 else -1
             if down_from <= t < back_at:

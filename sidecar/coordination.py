@@ -269,26 +269,42 @@ def decide(
     fresh_until: float | None,
     policy: CoordinationPolicy,
     predecessors: Collection[str] = (),
+    rejected: Collection[str] = (),
+    reuse_spread: float = 0.0,
+    draw: float = 0.0,
 ) -> Decision:
-    """What a replica should do with the secret it just read.
+    """What a replica should do with the secret it just read, and until when.
 
     ``fresh_until`` is the earliest moment any replica would refresh the shared access token
-    (see :func:`sidecar.schedule.refresh_window`), or ``None`` when there is none.
-    ``predecessors`` are identities of processes known to have ended (see the module
-    docstring): their claims are treated as this process's own.
+    (see :func:`sidecar.schedule.refresh_window`), or ``None`` when there is none, and
+    ``reuse_spread`` the width of that window. ``predecessors`` are identities of processes
+    known to have ended (see the module docstring): their claims are treated as this
+    process's own. ``rejected`` holds the fingerprints of tokens this replica saw refused (a
+    token it would otherwise claim is reported rejected). ``draw``, uniform in [0, 1), spreads
+    the replicas: a REUSE ends somewhere in the refresh window, a WAIT lasts up to 20 % longer.
+    A WAIT on another replica's claim while a shared token exists is cut to 5 % of that
+    token's lifetime, so the claimant's result is picked up well before the token expires.
     """
     if state.rejected is not None and state.rejected == fingerprint(refresh_token):
         return Decision(Action.REJECTED)
     if fresh_until is not None and now < fresh_until:
-        return Decision(Action.REUSE, until=fresh_until)
+        return Decision(Action.REUSE, until=fresh_until + draw * reuse_spread)
     foreign = state.claim_holder not in (None, me) and state.claim_holder not in predecessors
+    until: float | None = None
     if foreign and state.claim_until is not None:
         expires = state.claim_until + policy.clock_skew_seconds
         if now < expires:
-            return Decision(Action.WAIT, until=min(expires, now + policy.poll_seconds))
-    if state.next_attempt_at is not None and now < state.next_attempt_at:
-        return Decision(Action.WAIT, until=state.next_attempt_at)
-    return Decision(Action.CLAIM)
+            until = min(expires, now + policy.poll_seconds)
+    if until is None and state.next_attempt_at is not None and now < state.next_attempt_at:
+        until = state.next_attempt_at
+    if until is None:
+        if fingerprint(refresh_token) in rejected:
+            return Decision(Action.REJECTED)
+        return Decision(Action.CLAIM)
+    if state.access is not None and foreign:
+        lifetime = state.access.expires_at - state.access.issued_at
+        until = min(until, now + max(lifetime * 0.05, 0.05))
+    return Decision(Action.WAIT, until=now + (until - now) * (1.0 + 0.2 * draw))
 
 
 def _with(data: Mapping[str, Any], **changes: Any) -> dict[str, Any]:

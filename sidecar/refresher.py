@@ -34,7 +34,6 @@ from sidecar.client_auth import ClientTemplate, client_credentials
 from sidecar.coordination import (
     Action,
     CoordinationPolicy,
-    Decision,
     RefreshFacts,
     SharedAccess,
     SharedState,
@@ -256,6 +255,7 @@ class Refresher:
         state = SharedState.parse(secret.data)
         now = self._clock.time()
         fresh_until = self._adopt_shared(state.access)
+        low, high = self._window(state.access)
         decision = decide(
             secret.refresh_token,
             state,
@@ -264,30 +264,21 @@ class Refresher:
             fresh_until=fresh_until,
             policy=self._policy.coordination,
             predecessors=self._predecessors,
+            rejected=self._rejected,
+            reuse_spread=high - low,
+            draw=self._rng.random(),
         )
-        if decision.action is Action.CLAIM and fingerprint(secret.refresh_token) in self._rejected:
-            decision = Decision(Action.REJECTED)
         if decision.action is Action.REJECTED:
             self._report_rejected(state)
-        elif decision.action is Action.REUSE:
-            assert decision.until is not None  # noqa: S101
-            low, high = self._window(state.access)
-            self._next_refresh = self._after(
-                decision.until - now + self._rng.uniform(0, high - low)
-            )
-            self._done = self._oneshot
-        elif decision.action is Action.WAIT:
-            assert decision.until is not None  # noqa: S101
-            wait = decision.until - now
-            foreign = state.claim_holder not in (None, self._holder, *self._predecessors)
-            if state.access is not None and foreign:
-                # Look again soon enough to pick up the claimant's result well before expiry.
-                lifetime = state.access.expires_at - state.access.issued_at
-                wait = min(wait, max(lifetime * 0.05, 0.05))
-            self._log.debug("claim.wait", seconds=round(wait, 3))
-            self._next_refresh = self._after(wait * self._rng.uniform(1.0, 1.2))
-        else:
+        elif decision.action is Action.CLAIM:
             await self._claim_and_exchange(secret, state)
+        else:
+            assert decision.until is not None  # noqa: S101  # REUSE and WAIT say until when
+            if decision.action is Action.WAIT:
+                self._log.debug("claim.wait", seconds=round(decision.until - now, 3))
+            else:
+                self._done = self._oneshot
+            self._next_refresh = self._after(decision.until - now)
 
     def _window(self, access: SharedAccess | None) -> tuple[float, float]:
         if access is None:

@@ -65,6 +65,54 @@ def test_decide_honours_shared_backoff_and_rejection() -> None:
     )
 
 
+def test_decide_reports_a_token_this_replica_saw_refused_instead_of_claiming_it() -> None:
+    mine = {fingerprint("rt")}
+    decision = decide("rt", SharedState(), now=100, me="a", fresh_until=None, policy=POLICY)
+    assert decision.action is Action.CLAIM
+    refused = decide(
+        "rt", SharedState(), now=100, me="a", fresh_until=None, policy=POLICY, rejected=mine
+    )
+    assert refused.action is Action.REJECTED
+    # a re-seeded token is claimed; a shared token still fresh is reused, refused or not
+    assert decide(
+        "rt2", SharedState(), now=100, me="a", fresh_until=None, policy=POLICY, rejected=mine
+    ).action is (Action.CLAIM)
+    assert decide(
+        "rt", SharedState(), now=100, me="a", fresh_until=120, policy=POLICY, rejected=mine
+    ).action is (Action.REUSE)
+
+
+def test_decide_spreads_replicas_with_the_draw() -> None:
+    reuse = decide(
+        "rt",
+        SharedState(),
+        now=100,
+        me="a",
+        fresh_until=120,
+        policy=POLICY,
+        reuse_spread=10,
+        draw=0.5,
+    )
+    assert (reuse.action, reuse.until) == (Action.REUSE, 125)
+    backoff = SharedState.parse(with_release({}, next_attempt_at=200, failures=3))
+    wait = decide("rt", backoff, now=100, me="a", fresh_until=None, policy=POLICY, draw=0.5)
+    assert (wait.action, wait.until) == (Action.WAIT, 100 + 100 * 1.1)
+
+
+def test_decide_looks_again_soon_while_another_replica_refreshes_a_shared_token() -> None:
+    """A claimant's result must be picked up well before the shared token expires: the wait
+    is at most 5 % of that token's lifetime (at least 50 ms)."""
+    access = {"access_token": "at", "token_type": "Bearer", "issued_at": 0, "expires_at": 10}
+    claimed = with_claim({"token_sidecar": {"access": access}}, holder="b", until=130)
+    state = SharedState.parse(claimed)
+    assert state.access is not None
+    wait = decide("rt", state, now=100, me="a", fresh_until=None, policy=POLICY)
+    assert (wait.action, wait.until) == (Action.WAIT, 100.5)
+    # without a shared token: up to the poll interval
+    bare = SharedState.parse(with_claim({}, holder="b", until=130))
+    assert decide("rt", bare, now=100, me="a", fresh_until=None, policy=POLICY).until == 101
+
+
 def test_malformed_shared_state_counts_as_absent() -> None:
     for junk in ("x", 1, {"claim": "x", "access": {"access_token": 1}, "failures": "many"}):
         assert SharedState.parse({"token_sidecar": junk}) == SharedState()
