@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import sidecar.config
+import sidecar.config.base
+import sidecar.config.credential
 from sidecar.configload import load_settings
 from sidecar.errors import ConfigError
 
@@ -151,10 +153,11 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 
 def test_every_setting_documents_its_default_where_it_is_defined() -> None:
     """Each key of the schema has a docstring naming its default (kopf's configuration style)."""
-    tree = ast.parse(inspect.getsource(sidecar.config))
+    modules = [sidecar.config, sidecar.config.base, sidecar.config.credential]
+    nodes = [node for module in modules for node in ast.parse(inspect.getsource(module)).body]
     undocumented: list[str] = []
     fields = 0
-    for node in tree.body:
+    for node in nodes:
         if not isinstance(node, ast.ClassDef):
             continue
         body = node.body
