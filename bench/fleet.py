@@ -142,12 +142,12 @@ def _round(value: float | None) -> float | None:
 
 def default_policies() -> tuple[SchedulePolicy, BackoffPolicy, CoordinationPolicy]:
     """The policies a sidecar runs with when its configuration sets nothing."""
-    from sidecar.app import (  # noqa: PLC0415
+    from sidecar.config import CoordinationConfig, RefreshConfig  # noqa: PLC0415
+    from sidecar.policies import (  # noqa: PLC0415
         backoff_policy,
         coordination_policy,
         schedule_policy,
     )
-    from sidecar.config import CoordinationConfig, RefreshConfig  # noqa: PLC0415
 
     refresh = RefreshConfig()
     return (

@@ -39,8 +39,8 @@ def measure_replicas(
     window: float,
     settle: float,
 ) -> dict[str, Any]:
-    from sidecar.app import schedule_policy  # noqa: PLC0415
     from sidecar.config import RefreshConfig  # noqa: PLC0415
+    from sidecar.policies import schedule_policy  # noqa: PLC0415
     from sidecar.schedule import refresh_window  # noqa: PLC0415
 
     refresh = {"min_margin_seconds": 2.0}

@@ -69,8 +69,8 @@ def _all_written(sidecar: Sidecar) -> bool:
 
 def _window(ttl: float, refresh: dict[str, float]) -> tuple[float, float]:
     """The policy's earliest and latest refresh delay for a token of ``ttl``."""
-    from sidecar.app import schedule_policy  # noqa: PLC0415
     from sidecar.config import RefreshConfig  # noqa: PLC0415
+    from sidecar.policies import schedule_policy  # noqa: PLC0415
     from sidecar.schedule import refresh_window  # noqa: PLC0415
 
     return refresh_window(

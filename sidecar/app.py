@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -30,18 +29,18 @@ from sidecar.adapters.server import HealthServer
 from sidecar.adapters.sink import TOKEN_JSON_FILE, FileSink
 from sidecar.adapters.vault import VaultSecretStore, VaultSession
 from sidecar.backoff import BackoffPolicy
-from sidecar.client_auth import ClientTemplate, client_credentials
+from sidecar.client_auth import client_credentials
 from sidecar.client_grant import ClientCredentialsLoop
 from sidecar.clock import SystemClock
-from sidecar.config import CoordinationConfig, CredentialConfig, RefreshConfig, Settings
-from sidecar.coordination import CoordinationPolicy, claimant_identity
-from sidecar.errors import ConfigError, SidecarError
+from sidecar.config import CredentialConfig, Settings
+from sidecar.coordination import claimant_identity
+from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.model import Notification, StoredSecret
 from sidecar.notify import NotifyLoop, NotifyPolicy
+from sidecar.policies import client_template, refresh_policy
 from sidecar.ports import Clock, NotifySender, RefreshObserver
-from sidecar.refresher import Refresher, RefreshPolicy
-from sidecar.schedule import SchedulePolicy
+from sidecar.refresher import Refresher
 from sidecar.status import StatusBoard
 
 if TYPE_CHECKING:
@@ -49,14 +48,7 @@ if TYPE_CHECKING:
     # start-up time and memory in every pod that leaves them off (see BENCHMARKS.md).
     from sidecar.adapters.events import KubernetesEvents
 
-__all__ = [
-    "App",
-    "CheckResult",
-    "backoff_policy",
-    "coordination_policy",
-    "refresh_policy",
-    "schedule_policy",
-]
+__all__ = ["App", "CheckResult"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,21 +77,6 @@ class CheckResult:
 
 #: A credential's loop: the refresher for refresh tokens, a simpler one for client_credentials.
 Loop = Refresher | ClientCredentialsLoop
-
-
-def _read_file(credential: CredentialConfig, key: str, path: Path | None) -> str | None:
-    """A key or secret file's text, read at start; None when not configured."""
-    if path is None:
-        return None
-    try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not ASCII"
-        raise ConfigError(
-            [f"credentials.{credential.name}.{key}: cannot read {path} ({reason})"]
-        ) from exc
-    # A mounted Secret file often ends with a newline the value never had.
-    return text.strip() if key == "client_secret_file" else text
 
 
 class App:
@@ -466,58 +443,3 @@ class App:
         except SidecarError as exc:
             results.append(CheckResult(subject, ok=False, detail=exc.message))
         return results
-
-
-# -- the core's policies, from the settings (each default lives in sidecar.config) -----------
-
-
-def schedule_policy(refresh: RefreshConfig) -> SchedulePolicy:
-    return SchedulePolicy(
-        fraction=refresh.fraction,
-        jitter=refresh.jitter,
-        min_margin=refresh.min_margin_seconds,
-        min_interval=refresh.min_interval_seconds,
-        default_expires_in=refresh.default_expires_in,
-        max_expires_in=refresh.max_expires_in,
-    )
-
-
-def backoff_policy(refresh: RefreshConfig) -> BackoffPolicy:
-    return BackoffPolicy(
-        initial=refresh.backoff_initial_seconds,
-        maximum=refresh.backoff_max_seconds,
-        max_retry_after=refresh.max_retry_after_seconds,
-    )
-
-
-def coordination_policy(coordination: CoordinationConfig) -> CoordinationPolicy:
-    return CoordinationPolicy(
-        claim_seconds=coordination.claim_seconds,
-        clock_skew_seconds=coordination.clock_skew_seconds,
-        poll_seconds=coordination.poll_seconds,
-        exclusive=coordination.exclusive,
-    )
-
-
-def refresh_policy(settings: Settings) -> RefreshPolicy:
-    return RefreshPolicy(
-        schedule=schedule_policy(settings.refresh),
-        backoff=backoff_policy(settings.refresh),
-        coordination=coordination_policy(settings.coordination),
-        secret_poll=settings.refresh.secret_poll_seconds,
-        operation_timeout=settings.vault.timeout_seconds,
-        exchange_timeout=settings.http.timeout_seconds,
-    )
-
-
-def client_template(credential: CredentialConfig) -> ClientTemplate:
-    return ClientTemplate(
-        method=credential.client_auth,
-        client_id=credential.client_id,
-        private_key=_read_file(credential, "private_key_file", credential.private_key_file),
-        signing_alg=credential.signing_alg,
-        key_id=credential.key_id,
-        client_secret=_read_file(credential, "client_secret_file", credential.client_secret_file),
-        cert_file=credential.client_cert_file,
-        key_file=credential.client_key_file,
-    )

@@ -79,7 +79,7 @@ from sidecar.schedule import (
 from sidecar.status import CredentialStatus, Phase
 from sidecar.writeback import WriteBack, WriteResult
 
-__all__ = ["ClientTemplate", "RefreshPolicy", "Refresher", "client_credentials"]
+__all__ = ["RefreshPolicy", "Refresher"]
 
 log = structlog.get_logger(__name__)
 

@@ -17,11 +17,11 @@ import httpx
 from sidecar.adapters.authorization import AuthorizationServer
 from sidecar.adapters.httpkit import make_http_client
 from sidecar.adapters.vault import VaultSecretStore, VaultSession
-from sidecar.app import client_template
 from sidecar.client_auth import client_credentials
 from sidecar.config import CredentialConfig, Settings
 from sidecar.errors import ConfigError
 from sidecar.model import ClientCredentials, StoredSecret
+from sidecar.policies import client_template
 from sidecar.ports import Clock
 from sidecar.redact import REDACTOR
 

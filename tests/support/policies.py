@@ -1,6 +1,6 @@
 """The core's policies as a sidecar with default settings runs them, with a few changes.
 
-Built through the wiring (:func:`sidecar.app.refresh_policy`) from the settings' defaults, so
+Built through the wiring (:func:`sidecar.policies.refresh_policy`) from the settings' defaults, so
 the tests run with the defaults users get and no test keeps a copy of them.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sidecar.app import refresh_policy
 from sidecar.backoff import BackoffPolicy
 from sidecar.config import CoordinationConfig, HttpConfig, RefreshConfig, Settings, VaultConfig
 from sidecar.coordination import CoordinationPolicy
+from sidecar.policies import refresh_policy
 from sidecar.refresher import RefreshPolicy
 from sidecar.schedule import SchedulePolicy
 

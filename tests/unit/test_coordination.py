@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 
+from sidecar.client_auth import ClientTemplate
 from sidecar.coordination import (
     Action,
     SharedState,
@@ -14,7 +15,7 @@ from sidecar.coordination import (
     with_claim,
     with_release,
 )
-from sidecar.refresher import ClientTemplate, Refresher
+from sidecar.refresher import Refresher
 from sidecar.status import CredentialStatus, Phase
 from tests.support import policies
 from tests.support.clock import VirtualClock

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 
 from sidecar.adapters.vault import secret_from_kv
 from sidecar.adapters.vault.api import UnexpectedResponse
-from sidecar.app import backoff_policy, schedule_policy
 from sidecar.backoff import BackoffPolicy, backoff_delay
 from sidecar.config import RefreshConfig
 from sidecar.configload import load_settings
@@ -39,6 +38,7 @@ from sidecar.errors import (
 )
 from sidecar.model import TokenGrant
 from sidecar.oauth import KNOWN_ERRORS, parse_token_response, salvage_refresh_token
+from sidecar.policies import backoff_policy, schedule_policy
 from sidecar.redact import Redactor
 from sidecar.retry_after import parse_retry_after
 from sidecar.schedule import (

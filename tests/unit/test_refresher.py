@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from sidecar.client_auth import ClientTemplate
 from sidecar.errors import (
     InvalidGrant,
     ResponseLost,
@@ -17,7 +18,7 @@ from sidecar.errors import (
     VaultUnavailable,
 )
 from sidecar.model import JournalEntry
-from sidecar.refresher import ClientTemplate, Refresher
+from sidecar.refresher import Refresher
 from sidecar.status import CredentialStatus, Phase
 from tests.support import policies
 from tests.support.clock import VirtualClock

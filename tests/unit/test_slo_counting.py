@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import random
 
+from sidecar.client_auth import ClientTemplate
 from sidecar.errors import ResponseLost, SidecarError, TokenEndpointUnavailable
 from sidecar.metrics import DURATION_BUCKETS, Metrics
-from sidecar.refresher import ClientTemplate, Refresher
+from sidecar.refresher import Refresher
 from sidecar.status import StatusBoard
 from tests.support import policies
 from tests.support.clock import VirtualClock
