@@ -47,6 +47,7 @@ from sidecar.config.credential import (
 )
 
 __all__ = [
+    "ENV_PREFIX",
     "NAME_PATTERN",
     "CoordinationConfig",
     "CredentialConfig",
