@@ -97,6 +97,13 @@ def render(results: dict[str, Any]) -> str:
             if key == "bench_seconds":
                 value = f"{value:.0f} s"
             w(f"| {label} | {value} |")
+    reference = meta.get("reference")
+    if reference:
+        w(
+            "| Machine-speed reference (the sidecar's interpreter and options) | bare start "
+            f"{_fmt(reference['bare_start_seconds'])} s, with `import asyncio` "
+            f"{_fmt(reference['import_asyncio_seconds'])} s |"
+        )
     w("")
     w(
         "Set-up, the same for both sides: one OpenBao dev server and node oidc-provider "
@@ -169,6 +176,17 @@ def _startup(results: dict[str, Any], w: Callable[[str], None]) -> None:
     for key, stat in data.get("sidecar_milestones_seconds", {}).items():
         w(f"| {names.get(key, key)} (`{key}`) | {_fmt(stat)} |")
     w("")
+    reference = (results.get("meta") or {}).get("reference") or {}
+    bare = (reference.get("bare_start_seconds") or {}).get("median")
+    ours = (data.get("sidecar_seconds") or {}).get("median")
+    peer = (data.get("agent_seconds") or {}).get("median")
+    if bare and ours and peer:
+        w(
+            f"In units of this machine's bare interpreter start ({bare:.3f} s, the machine-speed "
+            f"reference): the sidecar's first token after {ours / bare:.1f}, the agent's file "
+            f"after {peer / bare:.1f}. Compare runs on other machines in these units."
+        )
+        w("")
 
 
 def _imports(results: dict[str, Any], w: Callable[[str], None]) -> None:

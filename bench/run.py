@@ -45,6 +45,7 @@ from bench.report import write
 from bench.runtime import runtime_python
 from bench.scaling import measure_scaling
 from bench.startup import measure_startup
+from bench.stats import summary
 
 __all__ = ["MEASUREMENTS", "main"]
 
@@ -171,6 +172,20 @@ def _meta(lab: Lab, source: Path, plan: Plan) -> dict[str, Any]:
         "sidecar_python": " ".join([lab.python, *lab.python_options]),
         "load": "",
     }
+
+
+def machine_reference(python: str, options: tuple[str, ...], runs: int = 9) -> dict[str, Any]:
+    """How fast this machine starts the sidecar's interpreter: a bare start and one that
+    imports asyncio (which every sidecar start does), each the median of ``runs``, taken
+    alternately. Start-up ratios from different machines compare through these."""
+    bare: list[float] = []
+    asyncio_import: list[float] = []
+    for _ in range(runs):
+        for sink, code in ((bare, "pass"), (asyncio_import, "import asyncio")):
+            started = time.perf_counter()
+            subprocess.run([python, *options, "-c", code], check=True)
+            sink.append(time.perf_counter() - started)
+    return {"bare_start_seconds": summary(bare), "import_asyncio_seconds": summary(asyncio_import)}
 
 
 def _load() -> str:
@@ -320,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         lab.start()
         lab.seed_static("agent", {"refresh_token": "a-static-value-the-agent-renders"})
         results["meta"] = _meta(lab, source, plan)
+        results["meta"]["reference"] = machine_reference(python, options)
         load_start = _load()
         _measure(lab, plan, only, results, log)
         results["meta"]["load"] = f"{load_start} / {_load()}"

@@ -63,8 +63,8 @@ def evaluate(results: dict[str, Any]) -> list[Row]:
             "startup",
             "1. Start-up to first token file (s)",
             startup.get("sidecar_seconds"),
-            "≤ 3x peer",
-            lambda: s_ratio is not None and s_ratio <= 3.0,
+            "≤ 2x peer",
+            lambda: s_ratio is not None and s_ratio <= 2.0,
             peer=startup.get("agent_seconds"),
             ratio=s_ratio,
         )
@@ -77,8 +77,8 @@ def evaluate(results: dict[str, Any]) -> list[Row]:
             "rss",
             "2a. Resident memory after settling (KiB)",
             r_ours,
-            "≤ 0.6x peer",
-            lambda: r_ratio is not None and r_ratio <= 0.6,
+            "≤ 0.55x peer",
+            lambda: r_ratio is not None and r_ratio <= 0.55,
             peer=r_peer,
             ratio=r_ratio,
         )
