@@ -36,13 +36,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 
 from sidecar.backoff import backoff_delay
 from sidecar.client_auth import ClientTemplate, client_credentials
+from sidecar.coordination import SharedAccess
 from sidecar.errors import (
     ExpiredAnswer,
     Severity,
@@ -50,11 +50,12 @@ from sidecar.errors import (
     VaultUnavailable,
     classify_failure,
 )
-from sidecar.model import ClientCredentials, PublishedToken, StoredSecret, TokenGrant
+from sidecar.model import ClientCredentials, StoredSecret, TokenGrant
 from sidecar.ports import Clock, RefreshObserver, SecretStore, TokenSink
+from sidecar.publisher import Publisher
 from sidecar.redact import REDACTOR, Redactor
 from sidecar.refresher import LIVENESS_SLACK, RefreshPolicy
-from sidecar.schedule import effective_lifetime, ready_margin_cap, refresh_window
+from sidecar.schedule import effective_lifetime, refresh_window
 from sidecar.status import CredentialStatus, Phase
 
 __all__ = ["ClientCredentialsExchanger", "ClientCredentialsLoop"]
@@ -97,12 +98,19 @@ class ClientCredentialsLoop:
         self._clock = clock
         self._stop = stop
         self._policy = policy
-        self._observer = observer
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._redactor = redactor
         self._log = log.bind(credential=status.name, grant="client_credentials")
+        self._out = Publisher(
+            sink=sink,
+            status=status,
+            clock=clock,
+            schedule=policy.schedule,
+            redactor=redactor,
+            log=self._log,
+            observer=observer,
+        )
         self._secret: StoredSecret | None = None
-        self._published: str | None = None
         self._failures = 0
         self._next = -math.inf
         self._oneshot = False
@@ -124,7 +132,7 @@ class ClientCredentialsLoop:
                 self.status.alive_until = now + (self._next - now) + LIVENESS_SLACK
                 await self._clock.wait(self._stop, self._next - now)
         finally:
-            self._set_phase(Phase.STOPPED)
+            self._out.set_phase(Phase.STOPPED)
             self.status.alive_until = math.inf
 
     async def once(self) -> None:
@@ -151,7 +159,7 @@ class ClientCredentialsLoop:
         try:
             grant = await self._exchanger.client_credentials(client)
         except SidecarError as exc:
-            self._record(exc.kind, started)
+            self._out.record(exc.kind, started)
             self._fail(exc, "token.refresh_failed")
             return
         self._redactor.add(grant.access_token)
@@ -162,21 +170,21 @@ class ClientCredentialsLoop:
                 "the token endpoint answered with an access token that is already expired "
                 f"(expires_in {grant.expires_in}); the published token stays"
             )
-            self._record(expired.kind, started)
+            self._out.record(expired.kind, started)
             self._fail(expired, "token.expired_answer")
             return
         current = self.status.expires_at
         if current is not None and now < current and issued_at + lifetime < current:
             # Never replace a valid token with one that expires earlier (README); the next
             # exchange follows the new token's schedule, due before the published one expires.
-            self._record(ExpiredAnswer.kind, started)
+            self._out.record(ExpiredAnswer.kind, started)
             self._log.info(
                 "token.expired_answer",
                 reason="expires_before_published",
                 expires_in=grant.expires_in,
             )
         else:
-            self._record("success", started)
+            self._out.record("success", started)
             if not self._publish(grant, issued_at, lifetime):
                 return
         low, high = refresh_window(lifetime, self._policy.schedule)
@@ -206,30 +214,18 @@ class ClientCredentialsLoop:
         return secret
 
     def _publish(self, grant: TokenGrant, issued_at: float, lifetime: float) -> bool:
-        token = PublishedToken(
+        access = SharedAccess(
             access_token=grant.access_token,
             token_type=grant.token_type,
-            issued_at=datetime.fromtimestamp(issued_at, tz=UTC),
-            expires_at=datetime.fromtimestamp(issued_at + lifetime, tz=UTC),
+            issued_at=issued_at,
+            expires_at=issued_at + lifetime,
             scope=grant.scope,
         )
         try:
-            self._sink.publish(token)
+            self._out.publish(access, reused=False)
         except SidecarError as exc:
             self._fail(exc, "token.publish_failed")
             return False
-        if self._published not in (None, grant.access_token):
-            self._redactor.discard(self._published)  # in no file and no request any more
-        self._published = grant.access_token
-        status = self.status
-        self._set_phase(Phase.VALID)
-        status.issued_at = issued_at
-        status.expires_at = issued_at + lifetime
-        status.ready_margin_cap = ready_margin_cap(lifetime, self._policy.schedule)
-        status.last_success_at = self._clock.time()
-        status.last_error = None
-        status.consecutive_failures = 0
-        self._log.info("token.refreshed", expires_in=round(lifetime, 3), scope=grant.scope)
         return True
 
     def _fail(self, exc: SidecarError, event: str) -> None:
@@ -242,14 +238,14 @@ class ClientCredentialsLoop:
         status.consecutive_failures = self._failures
         retryable = classify_failure(exc) is Severity.RETRYABLE  # nothing to reject here
         if not retryable:
-            self._set_phase(Phase.FAILED, exc.kind)
+            self._out.set_phase(Phase.FAILED, exc.kind)
             delay = max(
                 self._policy.secret_poll,
                 backoff_delay(self._failures, self._policy.backoff, self._rng),
             )
         else:
             phase = Phase.RETRYING if status.issued_at is not None else Phase.STARTING
-            self._set_phase(phase, exc.kind)
+            self._out.set_phase(phase, exc.kind)
             delay = backoff_delay(self._failures, self._policy.backoff, self._rng, exc.retry_after)
         self._next = self._clock.monotonic() + delay
         level = "warning" if retryable else "error"
@@ -259,13 +255,3 @@ class ClientCredentialsLoop:
 
     def _promise(self, budget: float) -> None:
         self.status.alive_until = self._clock.monotonic() + 2 * budget + LIVENESS_SLACK
-
-    def _set_phase(self, phase: Phase, reason: str | None = None) -> None:
-        old = self.status.phase
-        self.status.phase = phase
-        if old is not phase and self._observer is not None:
-            self._observer.phase_changed(self.name, old.value, phase.value, reason)
-
-    def _record(self, outcome: str, started: float) -> None:
-        if self._observer is not None:
-            self._observer.refresh_finished(self.name, outcome, self._clock.monotonic() - started)

@@ -24,7 +24,6 @@ import asyncio
 import math
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -60,7 +59,7 @@ from sidecar.errors import (
     VaultUnavailable,
     classify_failure,
 )
-from sidecar.model import ClientCredentials, PublishedToken, StoredSecret, TokenGrant
+from sidecar.model import ClientCredentials, StoredSecret, TokenGrant
 from sidecar.ports import (
     Clock,
     Journal,
@@ -69,11 +68,11 @@ from sidecar.ports import (
     TokenExchanger,
     TokenSink,
 )
+from sidecar.publisher import Publisher
 from sidecar.redact import REDACTOR, Redactor
 from sidecar.schedule import (
     SchedulePolicy,
     effective_lifetime,
-    ready_margin_cap,
     refresh_window,
 )
 from sidecar.status import CredentialStatus, Phase
@@ -129,7 +128,6 @@ class Refresher:
         self._stop = stop
         self._holder = holder
         self._policy = policy
-        self._observer = observer
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._redactor = redactor
         self._log = log.bind(credential=status.name)
@@ -146,7 +144,15 @@ class Refresher:
             promise_io=self._promise_io,
         )
 
-        self._published: str | None = None
+        self._out = Publisher(
+            sink=sink,
+            status=status,
+            clock=clock,
+            schedule=policy.schedule,
+            redactor=redactor,
+            log=self._log,
+            observer=observer,
+        )
         self._rejected: set[str] = set()
         self._noted_refresh_token: str | None = None
         self._predecessors: frozenset[str] = frozenset()
@@ -171,7 +177,7 @@ class Refresher:
             while await self._step():
                 pass
         finally:
-            self._set_phase(Phase.STOPPED)
+            self._out.set_phase(Phase.STOPPED)
             self.status.alive_until = math.inf
             self._wb.close_journal()
         if self._deferred is not None:
@@ -293,12 +299,12 @@ class Refresher:
         self._redactor.add(access.access_token)
         due = access.issued_at + self._window(access)[0]
         newer = self.status.issued_at is None or access.issued_at >= self.status.issued_at
-        if newer and self._published != access.access_token:
+        if newer and self._out.published != access.access_token:
             self._publish(access, reused=True)
         return due
 
     def _report_rejected(self, state: SharedState) -> None:
-        self._set_phase(Phase.REJECTED, "invalid_grant")
+        self._out.set_phase(Phase.REJECTED, "invalid_grant")
         self.status.last_error = self.status.last_error or "invalid_grant"
         self._next_refresh = self._after(self._policy.secret_poll)
         if self._oneshot:
@@ -394,7 +400,7 @@ class Refresher:
         try:
             grant = await self._exchange(token, client, claim_deadline)
         except SidecarError as exc:
-            self._record(exc.kind, started_mono)
+            self._out.record(exc.kind, started_mono)
             await self._after_failure(base, token, state, exc, started_wall)
             return
         self._redactor.add(grant.access_token, grant.refresh_token)
@@ -404,7 +410,7 @@ class Refresher:
                 "the token endpoint answered with an access token that is already expired "
                 f"(expires_in {grant.expires_in}); the published token stays"
             )
-            self._record(expired.kind, started_mono)
+            self._out.record(expired.kind, started_mono)
             await self._after_failure(
                 base, token, state, expired, started_wall, rotated=grant.refresh_token
             )
@@ -414,7 +420,7 @@ class Refresher:
             # Valid, but it would replace a valid token that lasts longer: keep that one (the
             # app never sees its expiry go backwards), persist the rotation, and go on with
             # the new token's schedule, which is due before the published token expires.
-            self._record(ExpiredAnswer.kind, started_mono)
+            self._out.record(ExpiredAnswer.kind, started_mono)
             self._log.info(
                 "token.expired_answer",
                 reason="expires_before_published",
@@ -423,7 +429,7 @@ class Refresher:
             self.status.last_error = None  # an exchange that worked: not a failure
             self.status.consecutive_failures = 0
         else:
-            self._record("success", started_mono)
+            self._out.record("success", started_mono)
         self._failures = 0
         new_token = grant.refresh_token or token
         result = with_result(
@@ -579,40 +585,13 @@ class Refresher:
             current is not None
             and now < current
             and access.expires_at < current
-            and self._published != access.access_token
+            and self._out.published != access.access_token
         ):
             return  # never replace a valid token with one that expires earlier
-        token = PublishedToken(
-            access_token=access.access_token,
-            token_type=access.token_type,
-            issued_at=datetime.fromtimestamp(access.issued_at, tz=UTC),
-            expires_at=datetime.fromtimestamp(access.expires_at, tz=UTC),
-            scope=access.scope,
-        )
         try:
-            self._sink.publish(token)
+            self._out.publish(access, reused=reused)
         except SinkError as exc:
             self._fail(exc, "token.publish_failed")
-            return
-        if self._published not in (None, access.access_token):
-            # The superseded token is in no file and no request of ours any more.
-            self._redactor.discard(self._published)
-        self._published = access.access_token
-        status = self.status
-        self._set_phase(Phase.VALID)
-        status.issued_at = access.issued_at
-        status.expires_at = access.expires_at
-        status.ready_margin_cap = ready_margin_cap(
-            access.expires_at - access.issued_at, self._policy.schedule
-        )
-        status.last_success_at = self._clock.time()
-        status.last_error = None
-        status.consecutive_failures = 0
-        self._log.info(
-            "token.reused" if reused else "token.refreshed",
-            expires_in=round(access.expires_at - self._clock.time(), 3),
-            scope=access.scope,
-        )
 
     def _fail(self, exc: SidecarError, event: str) -> None:
         """Record a failure and schedule the next attempt by its class (R6)."""
@@ -629,30 +608,20 @@ class Refresher:
         status.consecutive_failures = self._failures
         severity = classify_failure(exc)
         if severity is Severity.REJECTED:
-            self._set_phase(Phase.REJECTED, exc.kind)
+            self._out.set_phase(Phase.REJECTED, exc.kind)
             delay = self._policy.secret_poll
         elif severity is Severity.FINAL:
-            self._set_phase(Phase.FAILED, exc.kind)
+            self._out.set_phase(Phase.FAILED, exc.kind)
             delay = max(
                 self._policy.secret_poll,
                 backoff_delay(self._failures, self._policy.backoff, self._rng),
             )
         else:
             phase = Phase.RETRYING if status.issued_at is not None else Phase.STARTING
-            self._set_phase(phase, exc.kind)
+            self._out.set_phase(phase, exc.kind)
             delay = backoff_delay(self._failures, self._policy.backoff, self._rng, exc.retry_after)
         self._next_refresh = self._after(delay)
         level = "warning" if severity is Severity.RETRYABLE else "error"
         getattr(self._log, level)(
             event, error=exc.kind, message=exc.message, retry_in=round(delay, 3)
         )
-
-    def _set_phase(self, phase: Phase, reason: str | None = None) -> None:
-        old = self.status.phase
-        self.status.phase = phase
-        if old is not phase and self._observer is not None:
-            self._observer.phase_changed(self.name, old.value, phase.value, reason)
-
-    def _record(self, outcome: str, started: float) -> None:
-        if self._observer is not None:
-            self._observer.refresh_finished(self.name, outcome, self._clock.monotonic() - started)

@@ -18,6 +18,7 @@ from sidecar.errors import (
     VaultUnavailable,
 )
 from sidecar.model import JournalEntry
+from sidecar.ports import RefreshObserver
 from sidecar.refresher import Refresher
 from sidecar.status import CredentialStatus, Phase
 from tests.support import policies
@@ -36,7 +37,12 @@ DAY = 86_400.0
 
 class Rig:
     def __init__(
-        self, *, journal: bool = False, expires_in: float = 30.0, exclusive: bool = False
+        self,
+        *,
+        journal: bool = False,
+        expires_in: float = 30.0,
+        exclusive: bool = False,
+        observer: RefreshObserver | None = None,
     ) -> None:
         self.events = Events()
         self.clock = VirtualClock()
@@ -63,6 +69,7 @@ class Rig:
             policy=self.policy,
             journal=self.journal,
             rng=random.Random(7),
+            observer=observer,
         )
 
     def run_for(self, seconds: float) -> None:

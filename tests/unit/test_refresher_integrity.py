@@ -27,12 +27,6 @@ class Outcomes:
         return None
 
 
-def observed(rig: Rig) -> Outcomes:
-    outcomes = Outcomes()
-    rig.refresher._observer = outcomes
-    return outcomes
-
-
 def journal(rig: Rig) -> FakeJournal:
     assert rig.journal is not None
     return rig.journal
@@ -135,8 +129,8 @@ def test_a_claim_of_any_other_process_is_waited_out() -> None:
 
 @pytest.mark.parametrize("expires_in", [0, -5])
 def test_an_expired_answer_never_replaces_the_published_token(expires_in: float) -> None:
-    rig = Rig(expires_in=30)
-    outcomes = observed(rig)
+    outcomes = Outcomes()
+    rig = Rig(expires_in=30, observer=outcomes)
 
     def expire_answers(_: str) -> None:
         rig.exchanger.expires_in = expires_in
@@ -158,8 +152,8 @@ def test_an_expired_answer_never_replaces_the_published_token(expires_in: float)
 
 
 def test_an_expired_first_answer_publishes_nothing_and_backs_off() -> None:
-    rig = Rig(expires_in=0)
-    outcomes = observed(rig)
+    outcomes = Outcomes()
+    rig = Rig(expires_in=0, observer=outcomes)
     rig.run_for(20)
     assert rig.sink.published == []
     assert set(outcomes.outcomes) == {"expired_answer"}
@@ -172,8 +166,8 @@ def test_an_expired_first_answer_publishes_nothing_and_backs_off() -> None:
 
 
 def test_an_answer_expiring_before_the_published_token_does_not_replace_it() -> None:
-    rig = Rig(expires_in=300)
-    outcomes = observed(rig)
+    outcomes = Outcomes()
+    rig = Rig(expires_in=300, observer=outcomes)
 
     def shorten(_: str) -> None:
         rig.exchanger.expires_in = 10  # the server's lifetime was cut: 10 s < what is left
