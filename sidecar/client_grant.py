@@ -49,13 +49,14 @@ from sidecar.errors import (
     SidecarError,
     VaultUnavailable,
     classify_failure,
+    expired_answer,
 )
 from sidecar.model import ClientCredentials, StoredSecret, TokenGrant
 from sidecar.ports import Clock, RefreshObserver, SecretStore, TokenSink
 from sidecar.publisher import Publisher
 from sidecar.redact import REDACTOR, Redactor
 from sidecar.refresher import LIVENESS_SLACK, RefreshPolicy
-from sidecar.schedule import effective_lifetime, refresh_window
+from sidecar.schedule import Answer, effective_lifetime, judge_answer, refresh_window
 from sidecar.status import CredentialStatus, Phase
 
 __all__ = ["ClientCredentialsExchanger", "ClientCredentialsLoop"]
@@ -164,19 +165,20 @@ class ClientCredentialsLoop:
             return
         self._redactor.add(grant.access_token)
         lifetime = effective_lifetime(grant.expires_in, self._policy.schedule)
-        now = self._clock.time()
-        if lifetime <= 0 or issued_at + lifetime <= now:
-            expired = ExpiredAnswer(
-                "the token endpoint answered with an access token that is already expired "
-                f"(expires_in {grant.expires_in}); the published token stays"
-            )
+        verdict = judge_answer(
+            lifetime,
+            started=issued_at,
+            now=self._clock.time(),
+            published_until=self.status.expires_at,
+        )
+        if verdict is Answer.EXPIRED:
+            expired = expired_answer(grant.expires_in)
             self._out.record(expired.kind, started)
             self._fail(expired, "token.expired_answer")
             return
-        current = self.status.expires_at
-        if current is not None and now < current and issued_at + lifetime < current:
-            # Never replace a valid token with one that expires earlier (README); the next
-            # exchange follows the new token's schedule, due before the published one expires.
+        if verdict is Answer.SHORTER:
+            # The next exchange follows the new token's schedule, due before the published
+            # one expires.
             self._out.record(ExpiredAnswer.kind, started)
             self._log.info(
                 "token.expired_answer",

@@ -75,6 +75,7 @@ __all__ = [
     "VaultPermissionDenied",
     "VaultUnavailable",
     "classify_failure",
+    "expired_answer",
 ]
 
 
@@ -274,3 +275,11 @@ def classify_failure(exc: SidecarError) -> Severity:
     if isinstance(exc, RetryableError):
         return Severity.RETRYABLE
     return Severity.FINAL
+
+
+def expired_answer(expires_in: float | None) -> ExpiredAnswer:
+    """The error for a 2xx answer whose access token is already expired (R4)."""
+    return ExpiredAnswer(
+        "the token endpoint answered with an access token that is already expired "
+        f"(expires_in {expires_in}); the published token stays"
+    )

@@ -58,6 +58,7 @@ from sidecar.errors import (
     SinkError,
     VaultUnavailable,
     classify_failure,
+    expired_answer,
 )
 from sidecar.model import ClientCredentials, StoredSecret, TokenGrant
 from sidecar.ports import (
@@ -71,8 +72,10 @@ from sidecar.ports import (
 from sidecar.publisher import Publisher
 from sidecar.redact import REDACTOR, Redactor
 from sidecar.schedule import (
+    Answer,
     SchedulePolicy,
     effective_lifetime,
+    judge_answer,
     refresh_window,
 )
 from sidecar.status import CredentialStatus, Phase
@@ -405,21 +408,22 @@ class Refresher:
             return
         self._redactor.add(grant.access_token, grant.refresh_token)
         lifetime = effective_lifetime(grant.expires_in, self._policy.schedule)
-        if lifetime <= 0 or started_wall + lifetime <= self._clock.time():
-            expired = ExpiredAnswer(
-                "the token endpoint answered with an access token that is already expired "
-                f"(expires_in {grant.expires_in}); the published token stays"
-            )
+        verdict = judge_answer(
+            lifetime,
+            started=started_wall,
+            now=self._clock.time(),
+            published_until=self.status.expires_at,
+        )
+        if verdict is Answer.EXPIRED:
+            expired = expired_answer(grant.expires_in)
             self._out.record(expired.kind, started_mono)
             await self._after_failure(
                 base, token, state, expired, started_wall, rotated=grant.refresh_token
             )
             return
-        published = self.status.expires_at
-        if published is not None and self._clock.time() < published > started_wall + lifetime:
-            # Valid, but it would replace a valid token that lasts longer: keep that one (the
-            # app never sees its expiry go backwards), persist the rotation, and go on with
-            # the new token's schedule, which is due before the published token expires.
+        if verdict is Answer.SHORTER:
+            # Persist the rotation and go on with the new token's schedule, which is due
+            # before the published token expires.
             self._out.record(ExpiredAnswer.kind, started_mono)
             self._log.info(
                 "token.expired_answer",

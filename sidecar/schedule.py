@@ -28,10 +28,13 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from enum import Enum
 
 __all__ = [
+    "Answer",
     "SchedulePolicy",
     "effective_lifetime",
+    "judge_answer",
     "ready_margin_cap",
     "refresh_delay",
     "refresh_window",
@@ -105,3 +108,32 @@ def ready_margin_cap(lifetime: float, policy: SchedulePolicy) -> float:
         return 0.0
     _, latest = refresh_window(lifetime, policy)
     return max(lifetime - latest, 0.0) * READY_SHARE
+
+
+class Answer(Enum):
+    """What a token endpoint's 2xx answer is worth to the app (R4)."""
+
+    FRESH = "fresh"
+    """Publish it."""
+    EXPIRED = "expired"
+    """Already expired (``expires_in`` zero or negative, or spent before it arrived): never
+    published; a rotated refresh token it carries is still kept (R2)."""
+    SHORTER = "shorter"
+    """Valid, but it expires before the token already published: that one stays (the app
+    never sees its expiry go backwards), and the schedule follows the new one."""
+
+
+def judge_answer(
+    lifetime: float, *, started: float, now: float, published_until: float | None
+) -> Answer:
+    """Judge an answer of ``lifetime`` seconds to a request sent at wall-clock ``started``,
+    received at ``now``, while the published token (if any) expires at ``published_until``."""
+    if lifetime <= 0 or started + lifetime <= now:
+        return Answer.EXPIRED
+    if (
+        published_until is not None
+        and now < published_until
+        and started + lifetime < published_until
+    ):
+        return Answer.SHORTER
+    return Answer.FRESH

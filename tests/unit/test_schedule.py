@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.backoff import backoff_delay
-from sidecar.schedule import effective_lifetime, refresh_delay
+from sidecar.schedule import Answer, effective_lifetime, judge_answer, refresh_delay
 from tests.support import policies
 
 POLICY = policies.schedule()
@@ -81,3 +81,18 @@ def test_backoff_is_bounded_for_any_input(
     policy = policies.backoff()
     delay = backoff_delay(attempt, policy, random.Random(seed), retry_after)
     assert policy.initial / 2 <= delay <= max(policy.maximum, policy.max_retry_after)
+
+
+def test_judge_answer() -> None:
+    """R4: an expired answer is never published; a shorter one never replaces a longer one."""
+    assert judge_answer(60, started=100, now=101, published_until=None) is Answer.FRESH
+    assert judge_answer(0, started=100, now=101, published_until=None) is Answer.EXPIRED
+    assert judge_answer(-5, started=100, now=101, published_until=None) is Answer.EXPIRED
+    # spent in transit: valid for 2 s from the request, received 3 s later
+    assert judge_answer(2, started=100, now=103, published_until=None) is Answer.EXPIRED
+    # the published token lasts longer (until 200): it stays
+    assert judge_answer(60, started=100, now=101, published_until=200) is Answer.SHORTER
+    # ... unless it has already expired, or the new one lasts at least as long
+    assert judge_answer(60, started=100, now=201, published_until=200) is Answer.EXPIRED
+    assert judge_answer(60, started=100, now=150, published_until=140) is Answer.FRESH
+    assert judge_answer(100, started=100, now=101, published_until=200) is Answer.FRESH
