@@ -137,6 +137,12 @@ class _Journal:
     def clear(self) -> None:
         self._rec.timed_sync("files", self._inner.clear)
 
+    def open(self, holder: str) -> Any:  # once per process, not part of a rotation
+        return self._inner.open(holder)
+
+    def close(self) -> None:
+        self._inner.close()
+
 
 def _per_rotation(rec: _Recorder) -> list[dict[str, float]]:
     rotations = []
@@ -174,17 +180,26 @@ async def _drive(config: Path, rotations: int, log: Path) -> _Recorder:
         if len(rec.publishes) > rotations:
             app.stop.set()
 
-    # The refresher's ports, as App wired them, each behind a timing proxy.
+    # The refresher's ports, as App wired them, each behind a timing proxy: the store is
+    # shared with its write-back state, the sink with its publisher.
+    writeback, publisher = refresher._wb, refresher._out
     missing = [
-        n for n in ("_store", "_exchanger", "_sink", "_journal") if not hasattr(refresher, n)
+        n
+        for obj, names in (
+            (refresher, ("_store", "_exchanger", "_sink")),
+            (writeback, ("_store", "_journal")),
+            (publisher, ("_sink",)),
+        )
+        for n in names
+        if not hasattr(obj, n)
     ]
     if missing:
         raise RuntimeError(f"Refresher has no {', '.join(missing)}: update bench/overhead.py")
-    refresher._store = _Store(refresher._store, rec)
+    refresher._store = writeback._store = _Store(refresher._store, rec)
     refresher._exchanger = _Exchanger(refresher._exchanger, rec)
-    refresher._sink = _Sink(refresher._sink, rec, done)
-    if refresher._journal is not None:
-        refresher._journal = _Journal(refresher._journal, rec)
+    refresher._sink = publisher._sink = _Sink(refresher._sink, rec, done)
+    if writeback._journal is not None:
+        writeback._journal = _Journal(writeback._journal, rec)
     try:
         await refresher.run()
     finally:
