@@ -40,7 +40,6 @@ from typing import Protocol
 
 import structlog
 
-from sidecar.backoff import backoff_delay
 from sidecar.client_auth import ClientTemplate, client_credentials
 from sidecar.coordination import SharedAccess
 from sidecar.errors import (
@@ -55,8 +54,14 @@ from sidecar.model import ClientCredentials, StoredSecret, TokenGrant
 from sidecar.ports import Clock, RefreshObserver, SecretStore, TokenSink
 from sidecar.publisher import Publisher
 from sidecar.redact import REDACTOR, Redactor
-from sidecar.refresher import LIVENESS_SLACK, RefreshPolicy
-from sidecar.schedule import Answer, effective_lifetime, judge_answer, refresh_window
+from sidecar.schedule import (
+    LIVENESS_SLACK,
+    Answer,
+    RefreshPolicy,
+    effective_lifetime,
+    judge_answer,
+    refresh_window,
+)
 from sidecar.status import CredentialStatus, Phase
 
 __all__ = ["ClientCredentialsExchanger", "ClientCredentialsLoop"]
@@ -106,13 +111,13 @@ class ClientCredentialsLoop:
             sink=sink,
             status=status,
             clock=clock,
-            schedule=policy.schedule,
+            policy=policy,
+            rng=self._rng,
             redactor=redactor,
             log=self._log,
             observer=observer,
         )
         self._secret: StoredSecret | None = None
-        self._failures = 0
         self._next = -math.inf
         self._oneshot = False
         self._done = False
@@ -185,13 +190,13 @@ class ClientCredentialsLoop:
                 reason="expires_before_published",
                 expires_in=grant.expires_in,
             )
+            self._out.exchanged()
         else:
             self._out.record("success", started)
             if not self._publish(grant, issued_at, lifetime):
                 return
         low, high = refresh_window(lifetime, self._policy.schedule)
         self._next = started + self._rng.uniform(low, high)
-        self._failures = 0
         self._done = self._oneshot
 
     async def _read(self) -> StoredSecret | None:
@@ -234,26 +239,10 @@ class ClientCredentialsLoop:
         """Record a failure and schedule the next attempt by its class (R6)."""
         if self._oneshot:
             raise exc
-        self._failures += 1
-        status = self.status
-        status.last_error = exc.kind
-        status.consecutive_failures = self._failures
-        retryable = classify_failure(exc) is Severity.RETRYABLE  # nothing to reject here
-        if not retryable:
-            self._out.set_phase(Phase.FAILED, exc.kind)
-            delay = max(
-                self._policy.secret_poll,
-                backoff_delay(self._failures, self._policy.backoff, self._rng),
-            )
-        else:
-            phase = Phase.RETRYING if status.issued_at is not None else Phase.STARTING
-            self._out.set_phase(phase, exc.kind)
-            delay = backoff_delay(self._failures, self._policy.backoff, self._rng, exc.retry_after)
-        self._next = self._clock.monotonic() + delay
-        level = "warning" if retryable else "error"
-        getattr(self._log, level)(
-            event, error=exc.kind, message=exc.message, retry_in=round(delay, 3)
-        )
+        severity = classify_failure(exc)
+        if severity is Severity.REJECTED:
+            severity = Severity.FINAL  # no refresh token here to give up and wait for
+        self._next = self._clock.monotonic() + self._out.failed(exc, event, severity)
 
     def _promise(self, budget: float) -> None:
         self.status.alive_until = self._clock.monotonic() + 2 * budget + LIVENESS_SLACK

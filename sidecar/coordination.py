@@ -59,11 +59,14 @@ import base64
 import hashlib
 import json
 import math
+import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from sidecar.backoff import BackoffPolicy, backoff_delay
+from sidecar.errors import Severity
 from sidecar.model import TokenGrant
 
 __all__ = [
@@ -76,6 +79,7 @@ __all__ = [
     "SharedState",
     "claimant_identity",
     "decide",
+    "failure_release",
     "fingerprint",
     "jwt_expiry",
     "with_claim",
@@ -387,3 +391,32 @@ def with_release(
         failures=failures,
         rejected=rejected,
     )
+
+
+def failure_release(
+    data: Mapping[str, Any],
+    severity: Severity,
+    *,
+    token: str,
+    shared_failures: int,
+    now: float,
+    backoff: BackoffPolicy,
+    secret_poll: float,
+    rng: random.Random,
+    retry_after: float | None = None,
+) -> dict[str, Any]:
+    """The secret after an exchange of ``token`` failed with ``severity``: the claim released
+    and the failure shared, so the other replicas act on it too (R6).
+
+    Rejected: ``token``'s fingerprint, so no replica presents it again. Retryable: one more
+    shared failure (``shared_failures`` were shared before) and the backoff's next attempt, so
+    replicas do not all retry at once. Final: the next attempt at the secret-poll pace.
+    """
+    if severity is Severity.REJECTED:
+        return with_release(data, rejected=fingerprint(token))
+    if severity is Severity.RETRYABLE:
+        failures = shared_failures + 1
+        wait = backoff_delay(failures, backoff, rng, retry_after)
+        return with_release(data, next_attempt_at=now + wait, failures=failures)
+    wait = max(secret_poll, backoff.initial)
+    return with_release(data, next_attempt_at=now + wait)

@@ -14,8 +14,7 @@ from sidecar.client_auth import ClientTemplate
 from sidecar.config import CoordinationConfig, CredentialConfig, RefreshConfig, Settings
 from sidecar.coordination import CoordinationPolicy
 from sidecar.errors import ConfigError
-from sidecar.refresher import RefreshPolicy
-from sidecar.schedule import SchedulePolicy
+from sidecar.schedule import RefreshPolicy, SchedulePolicy
 
 __all__ = [
     "backoff_policy",

@@ -1,21 +1,20 @@
-"""One credential's refresh loop: read, decide, claim, exchange, persist, publish, sleep.
+"""One credential's refresh loop: read, decide, claim, rotate, sleep.
 
 Every cycle starts by reading the secret, because replicas sharing it take turns through it
 (see :mod:`sidecar.coordination`): a fresh shared access token is reused, a live claim of
 another replica is waited out, and only the replica that wins the check-and-set claim
-exchanges the refresh token.
+exchanges the refresh token, in a :class:`sidecar.rotation.Rotation` (present once, judge the
+answer, persist, publish).
 
 State kept between cycles: the secret as last seen and the rotated token on its way to Vault
-(:class:`sidecar.writeback.WriteBack`), the locally rejected tokens, and ``next_refresh``, the
-monotonic deadline of the next cycle.
+(:class:`sidecar.writeback.WriteBack`), the locally rejected tokens (the rotation's), and
+``next_refresh``, the monotonic deadline of the next cycle.
 
-The order of a rotation follows R2 in DESIGN.md: the rotated token goes to the journal (if one
-is configured), then to Vault with check-and-set on the claim's version, and only then is the
-access token published; without a journal, publishing waits for Vault. While Vault is out of
-reach, a replica holding a pending token keeps refreshing with it from memory (no other
-replica knows that token, so R1 holds) and keeps retrying the write-back. After stop is
-requested no exchange starts, but a pending write-back keeps being retried until it lands or
-the caller's grace period runs out.
+While Vault is out of reach, a replica holding a pending token keeps refreshing with it from
+memory (no other replica knows that token, so R1 in docs/design.md holds) and keeps retrying
+the write-back. After stop is requested no exchange starts, but a pending write-back keeps
+being retried until it lands or the caller's grace period runs out. Every failure goes
+through :meth:`Refresher._fail`, which schedules the next attempt by the error tree (R6).
 """
 
 from __future__ import annotations
@@ -23,85 +22,33 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
-from sidecar.backoff import BackoffPolicy, backoff_delay
 from sidecar.client_auth import ClientTemplate, client_credentials
-from sidecar.coordination import (
-    Action,
-    CoordinationPolicy,
-    RefreshFacts,
-    SharedAccess,
-    SharedState,
-    decide,
-    fingerprint,
-    jwt_expiry,
-    with_claim,
-    with_release,
-    with_result,
-)
+from sidecar.coordination import Action, SharedAccess, SharedState, decide, fingerprint
 from sidecar.errors import (
     CasConflict,
     ClaimExpired,
-    ExpiredAnswer,
     InvalidGrant,
-    MalformedResponse,
-    ResponseLost,
-    ResponseLostTwice,
     SecretInvalid,
-    SecretRetired,
-    Severity,
     SidecarError,
     SinkError,
     VaultUnavailable,
     classify_failure,
-    expired_answer,
 )
-from sidecar.model import ClientCredentials, StoredSecret, TokenGrant
-from sidecar.ports import (
-    Clock,
-    Journal,
-    RefreshObserver,
-    SecretStore,
-    TokenExchanger,
-    TokenSink,
-)
+from sidecar.model import ClientCredentials, StoredSecret
+from sidecar.ports import Clock, Journal, RefreshObserver, SecretStore, TokenExchanger, TokenSink
 from sidecar.publisher import Publisher
 from sidecar.redact import REDACTOR, Redactor
-from sidecar.schedule import (
-    Answer,
-    SchedulePolicy,
-    effective_lifetime,
-    judge_answer,
-    refresh_window,
-)
+from sidecar.rotation import Rotation
+from sidecar.schedule import LIVENESS_SLACK, RefreshPolicy, refresh_window
 from sidecar.status import CredentialStatus, Phase
 from sidecar.writeback import WriteBack, WriteResult
 
-__all__ = ["RefreshPolicy", "Refresher"]
+__all__ = ["Refresher"]
 
 log = structlog.get_logger(__name__)
-
-#: slack added to every promise the loop makes about when it will act again (liveness).
-LIVENESS_SLACK = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshPolicy:
-    """Everything the loop decides with, in seconds; built by the wiring from the settings."""
-
-    schedule: SchedulePolicy
-    backoff: BackoffPolicy
-    coordination: CoordinationPolicy
-    secret_poll: float
-    """How often to look for a re-seeded secret after a final error."""
-    operation_timeout: float
-    """Upper bound of one Vault call, for the liveness promise."""
-    exchange_timeout: float
-    """Upper bound of one token endpoint call; a claim must have this much left to exchange."""
 
 
 class Refresher:
@@ -122,8 +69,6 @@ class Refresher:
         rng: random.Random | None = None,
         redactor: Redactor = REDACTOR,
     ) -> None:
-        self._store = store
-        self._exchanger = exchanger
         self._sink = sink
         self._client = client
         self.status = status
@@ -146,21 +91,31 @@ class Refresher:
             log=self._log,
             promise_io=self._promise_io,
         )
-
         self._out = Publisher(
             sink=sink,
             status=status,
             clock=clock,
-            schedule=policy.schedule,
+            policy=policy,
+            rng=self._rng,
             redactor=redactor,
             log=self._log,
             observer=observer,
         )
-        self._rejected: set[str] = set()
-        self._noted_refresh_token: str | None = None
+        self._rotation = Rotation(
+            exchanger=exchanger,
+            writeback=self._wb,
+            publisher=self._out,
+            clock=clock,
+            policy=policy,
+            holder=holder,
+            rng=self._rng,
+            redactor=redactor,
+            log=self._log,
+            promise_io=self._promise_io,
+            fail=self._fail,
+        )
         self._predecessors: frozenset[str] = frozenset()
         self._deferred: SidecarError | None = None
-        self._failures = 0
         self._next_refresh = -math.inf
         self._claim_deadline = -math.inf
         self._oneshot = False
@@ -201,7 +156,8 @@ class Refresher:
         now = self._clock.monotonic()
         pending = self._wb.pending is not None
         if pending and now >= self._wb.next_write:
-            await self._write_back()
+            if await self._rotation.write_back() is WriteResult.LOST:
+                self._next_refresh = -math.inf  # decide again from the other writer's value
             return True
         if self._stop.is_set() or self._done:
             if not pending:
@@ -273,14 +229,14 @@ class Refresher:
             fresh_until=fresh_until,
             policy=self._policy.coordination,
             predecessors=self._predecessors,
-            rejected=self._rejected,
+            rejected=self._rotation.rejected,
             reuse_spread=high - low,
             draw=self._rng.random(),
         )
         if decision.action is Action.REJECTED:
-            self._report_rejected(state)
+            self._report_rejected()
         elif decision.action is Action.CLAIM:
-            await self._claim_and_exchange(secret, state)
+            await self._claim_and_rotate(secret, state)
         else:
             assert decision.until is not None  # noqa: S101  # REUSE and WAIT say until when
             if decision.action is Action.WAIT:
@@ -303,10 +259,10 @@ class Refresher:
         due = access.issued_at + self._window(access)[0]
         newer = self.status.issued_at is None or access.issued_at >= self.status.issued_at
         if newer and self._out.published != access.access_token:
-            self._publish(access, reused=True)
+            self._rotation.publish(access, reused=True)
         return due
 
-    def _report_rejected(self, state: SharedState) -> None:
+    def _report_rejected(self) -> None:
         self._out.set_phase(Phase.REJECTED, "invalid_grant")
         self.status.last_error = self.status.last_error or "invalid_grant"
         self._next_refresh = self._after(self._policy.secret_poll)
@@ -316,25 +272,19 @@ class Refresher:
                 "re-seed it in Vault"
             )
 
-    async def _claim_and_exchange(self, secret: StoredSecret, state: SharedState) -> None:
-        try:
-            client = client_credentials(self._client, secret)
-        except SecretInvalid as exc:
-            self._fail(exc, "secret.invalid")
+    async def _claim_and_rotate(self, secret: StoredSecret, state: SharedState) -> None:
+        client = self._client_for(secret)
+        if client is None:
             return
-        self._redactor.add(client.client_secret, client.private_key)
         now = self._clock.time()
         skew = self._policy.coordination.clock_skew_seconds
         if state.claim_holder in self._predecessors and now < (state.claim_until or 0) + skew:
             # Its process is gone (the journal's lock is ours): no need to wait its claim out.
             self._log.info("claim.taken_over", predecessor=state.claim_holder)
         claim_until = now + self._policy.coordination.claim_seconds
-        self._promise_io()
         claimed_at = self._clock.monotonic()
         try:
-            claimed = await self._store.write(
-                secret, with_claim(secret.data, holder=self._holder, until=claim_until)
-            )
+            claimed = await self._wb.claim(secret, holder=self._holder, until=claim_until)
         except CasConflict:
             self._log.debug("claim.lost_race")
             self._next_refresh = self._after(self._rng.uniform(0.05, 0.25))
@@ -342,21 +292,8 @@ class Refresher:
         except SidecarError as exc:
             self._fail(exc, "claim.failed")
             return
-        self._wb.record(claimed, written=True)
-        deadline = claimed_at + self._policy.coordination.claim_seconds
-        self._claim_deadline = deadline
-        await self._exchange_and_persist(claimed, client, state, claim_deadline=deadline)
-
-    def _note_refresh_token(self, refresh_token: str, facts: RefreshFacts | None) -> None:
-        """Keep the refresh token's age and expiry in the status (for metrics and alerts)."""
-        if facts is not None and facts.describes(refresh_token):
-            self.status.refresh_token_obtained_at = facts.obtained_at
-            self.status.refresh_token_expires_at = facts.expires_at
-        elif refresh_token != self._noted_refresh_token:
-            # a token from elsewhere (an operator's re-seed): known from now on, expiry unknown
-            self.status.refresh_token_obtained_at = self._clock.time()
-            self.status.refresh_token_expires_at = jwt_expiry(refresh_token)
-        self._noted_refresh_token = refresh_token
+        self._claim_deadline = claimed_at + self._policy.coordination.claim_seconds
+        await self._rotate(claimed, client, state, self._claim_deadline)
 
     async def _refresh_from_memory(self) -> None:
         """Refresh with the token Vault does not hold yet, while that is safe.
@@ -374,228 +311,51 @@ class Refresher:
             return
         claim_deadline = None if self._policy.coordination.exclusive else self._claim_deadline
         try:
-            self._check_claim(claim_deadline)
+            self._rotation.check_claim(claim_deadline)
         except ClaimExpired as exc:
             self._fail(exc, "token.refresh_failed")
             return
+        client = self._client_for(secret)
+        if client is None:
+            return
+        self._log.warning("token.refresh_from_memory")
+        await self._rotate(secret, client, SharedState(), claim_deadline)
+
+    def _client_for(self, secret: StoredSecret) -> ClientCredentials | None:
+        """The client's credentials from configuration and secret; None after a failure."""
         try:
             client = client_credentials(self._client, secret)
         except SecretInvalid as exc:
             self._fail(exc, "secret.invalid")
-            return
-        self._log.warning("token.refresh_from_memory")
-        await self._exchange_and_persist(
-            secret, client, SharedState(), claim_deadline=claim_deadline
-        )
+            return None
+        self._redactor.add(client.client_secret, client.private_key)
+        return client
 
-    async def _exchange_and_persist(
+    async def _rotate(
         self,
         base: StoredSecret,
         client: ClientCredentials,
         state: SharedState,
-        *,
         claim_deadline: float | None,
     ) -> None:
-        token = str(self._wb.pending["refresh_token"]) if self._wb.pending else base.refresh_token
-        started_mono = self._clock.monotonic()
-        started_wall = self._clock.time()
-        self.status.last_attempt_at = started_wall
-        try:
-            grant = await self._exchange(token, client, claim_deadline)
-        except SidecarError as exc:
-            self._out.record(exc.kind, started_mono)
-            await self._after_failure(base, token, state, exc, started_wall)
-            return
-        self._redactor.add(grant.access_token, grant.refresh_token)
-        lifetime = effective_lifetime(grant.expires_in, self._policy.schedule)
-        verdict = judge_answer(
-            lifetime,
-            started=started_wall,
-            now=self._clock.time(),
-            published_until=self.status.expires_at,
-        )
-        if verdict is Answer.EXPIRED:
-            expired = expired_answer(grant.expires_in)
-            self._out.record(expired.kind, started_mono)
-            await self._after_failure(
-                base, token, state, expired, started_wall, rotated=grant.refresh_token
-            )
-            return
-        if verdict is Answer.SHORTER:
-            # Persist the rotation and go on with the new token's schedule, which is due
-            # before the published token expires.
-            self._out.record(ExpiredAnswer.kind, started_mono)
-            self._log.info(
-                "token.expired_answer",
-                reason="expires_before_published",
-                expires_in=grant.expires_in,
-            )
-            self.status.last_error = None  # an exchange that worked: not a failure
-            self.status.consecutive_failures = 0
-        else:
-            self._out.record("success", started_mono)
-        self._failures = 0
-        new_token = grant.refresh_token or token
-        result = with_result(
-            self._wb.pending or base.data,
-            refresh_token=new_token,
-            grant=grant,
-            issued_at=started_wall,
-            expires_at=started_wall + lifetime,
-            holder=self._holder,
-        )
-        access = SharedAccess.parse(result["token_sidecar"]["access"])
-        assert access is not None  # noqa: S101  # with_result wrote it
-        self._note_refresh_token(new_token, SharedState.parse(result).refresh)
-        journalled = self._wb.hold(base, result, new_token, started_wall)
-        self._wb.held = access
-        # A lost check-and-set (-inf: decide again now) or a failed publish (backoff) below
-        # sets an earlier time than the normal schedule; keep the earlier one.
+        # A failure during the rotation (a lost check-and-set, a failed publish) schedules
+        # the next cycle earlier than the normal schedule: keep the earlier one.
         self._next_refresh = math.inf
-        await self._write_back()
-        if self._wb.pending is not None and journalled:
-            self._publish_held()
-        low, high = refresh_window(lifetime, self._policy.schedule)
-        self._next_refresh = min(self._next_refresh, started_mono + self._rng.uniform(low, high))
-        self._done = self._oneshot
-
-    async def _after_failure(
-        self,
-        base: StoredSecret,
-        token: str,
-        state: SharedState,
-        exc: SidecarError,
-        started_wall: float,
-        *,
-        rotated: str | None = None,
-    ) -> None:
-        event = "token.expired_answer" if isinstance(exc, ExpiredAnswer) else "token.refresh_failed"
-        salvaged = rotated or (
-            exc.salvaged_refresh_token if isinstance(exc, MalformedResponse) else None
-        )
-        if salvaged is not None and salvaged != token:
-            # The server rotated but its answer is unusable: keep the new token (R2), and
-            # share the backoff so that other replicas do not retry at once.
-            self._redactor.add(salvaged)
-            data = {**(self._wb.pending or base.data), "refresh_token": salvaged}
-            failures = state.failures + 1
-            wait = backoff_delay(failures, self._policy.backoff, self._rng, exc.retry_after)
-            release = with_release(
-                data, next_attempt_at=self._clock.time() + wait, failures=failures
-            )
-            self._wb.hold(base, release, salvaged, started_wall)
-            await self._write_back()
-            self._fail(exc, event)
-            return
-        severity = classify_failure(exc)
-        if severity is Severity.REJECTED:
-            # Whatever Vault holds is spent too when the refused token was our pending one.
-            self._rejected.update({fingerprint(token), fingerprint(base.refresh_token)})
-            if self._wb.pending is not None:
-                self._wb.drop()
-            release = with_release(base.data, rejected=fingerprint(base.refresh_token))
-        elif severity is Severity.RETRYABLE:
-            failures = state.failures + 1
-            wait = backoff_delay(failures, self._policy.backoff, self._rng, exc.retry_after)
-            release = with_release(
-                base.data, next_attempt_at=self._clock.time() + wait, failures=failures
-            )
-        else:
-            wait = max(self._policy.secret_poll, self._policy.backoff.initial)
-            release = with_release(base.data, next_attempt_at=self._clock.time() + wait)
-        if self._wb.pending is None:
-            await self._release(base, release)
-        self._fail(exc, "token.rejected" if isinstance(exc, InvalidGrant) else event)
-
-    async def _release(self, base: StoredSecret, data: dict[str, Any]) -> None:
-        """Give up the claim and share the failure; best effort (the claim expires anyway)."""
-        self._promise_io()
-        try:
-            self._wb.record(await self._store.write(base, data), written=True)
-        except SidecarError as exc:
-            self._log.warning("claim.release_failed", error=exc.kind)
+        due = await self._rotation.rotate(base, client, state, claim_deadline=claim_deadline)
+        if due is not None:
+            self._next_refresh = min(self._next_refresh, due)
+            self._done = self._oneshot
 
     async def _read(self) -> StoredSecret:
-        self._promise_io()
-        secret = await self._store.read()
-        self._redactor.add(secret.refresh_token, secret.client_secret)
-        previous = self._wb.secret
-        changed = previous is None or secret.version != previous.version
-        self._wb.record(secret, written=False)
-        self._note_refresh_token(secret.refresh_token, SharedState.parse(secret.data).refresh)
-        if changed:
-            self._log.debug("secret.read", location=secret.location, version=secret.version)
+        secret, previous = await self._wb.read()
+        self._out.note_refresh_token(secret.refresh_token, SharedState.parse(secret.data).refresh)
         if (
             previous is not None
             and previous.refresh_token != secret.refresh_token
-            and fingerprint(previous.refresh_token) in self._rejected
+            and fingerprint(previous.refresh_token) in self._rotation.rejected
         ):
             self._log.info("secret.reseeded", version=secret.version)
         return secret
-
-    async def _exchange(
-        self, token: str, client: ClientCredentials, claim_deadline: float | None
-    ) -> TokenGrant:
-        self._check_claim(claim_deadline)
-        self._promise_io(self._policy.exchange_timeout)
-        try:
-            return await self._exchanger.refresh(token, client)
-        except ResponseLost:
-            # R1's one exception: the very same request, once, immediately.
-            self._log.warning("token.response_lost", action="retry_once")
-            self._check_claim(claim_deadline)
-            self._promise_io(self._policy.exchange_timeout)
-            try:
-                return await self._exchanger.refresh(token, client)
-            except ResponseLost as exc:
-                raise ResponseLostTwice(
-                    "the token endpoint's answer was lost twice; the refresh token may be spent "
-                    "and will not be presented again until Vault holds a new one"
-                ) from exc
-
-    def _check_claim(self, claim_deadline: float | None) -> None:
-        """Present a token only while the claim outlasts the request (a stalled replica stops)."""
-        if claim_deadline is None:
-            return
-        left = claim_deadline - self._clock.monotonic()
-        if left < self._policy.exchange_timeout:
-            raise ClaimExpired(
-                f"the claim on the secret has {max(left, 0):.1f}s left, less than one request "
-                "timeout; not presenting the refresh token"
-            )
-
-    async def _write_back(self) -> None:
-        try:
-            result = await self._wb.write()
-        except SecretRetired as exc:
-            self._fail(exc, "secret.read_failed")
-            return
-        if result is WriteResult.STORED:
-            self._publish_held()
-        elif result is WriteResult.LOST:
-            self._next_refresh = -math.inf  # our rotation lost; decide again from Vault's value
-
-    def _publish_held(self) -> None:
-        held = self._wb.take_held()
-        if held is not None:
-            self._publish(held, reused=False)
-
-    def _publish(self, access: SharedAccess, *, reused: bool) -> None:
-        now = self._clock.time()
-        if access.expires_at <= now:
-            return
-        current = self.status.expires_at
-        if (
-            current is not None
-            and now < current
-            and access.expires_at < current
-            and self._out.published != access.access_token
-        ):
-            return  # never replace a valid token with one that expires earlier
-        try:
-            self._out.publish(access, reused=reused)
-        except SinkError as exc:
-            self._fail(exc, "token.publish_failed")
 
     def _fail(self, exc: SidecarError, event: str) -> None:
         """Record a failure and schedule the next attempt by its class (R6)."""
@@ -606,26 +366,4 @@ class Refresher:
             self._deferred = self._deferred or exc
             self._done = True
             return
-        self._failures += 1
-        status = self.status
-        status.last_error = exc.kind
-        status.consecutive_failures = self._failures
-        severity = classify_failure(exc)
-        if severity is Severity.REJECTED:
-            self._out.set_phase(Phase.REJECTED, exc.kind)
-            delay = self._policy.secret_poll
-        elif severity is Severity.FINAL:
-            self._out.set_phase(Phase.FAILED, exc.kind)
-            delay = max(
-                self._policy.secret_poll,
-                backoff_delay(self._failures, self._policy.backoff, self._rng),
-            )
-        else:
-            phase = Phase.RETRYING if status.issued_at is not None else Phase.STARTING
-            self._out.set_phase(phase, exc.kind)
-            delay = backoff_delay(self._failures, self._policy.backoff, self._rng, exc.retry_after)
-        self._next_refresh = self._after(delay)
-        level = "warning" if severity is Severity.RETRYABLE else "error"
-        getattr(self._log, level)(
-            event, error=exc.kind, message=exc.message, retry_in=round(delay, 3)
-        )
+        self._next_refresh = self._after(self._out.failed(exc, event, classify_failure(exc)))

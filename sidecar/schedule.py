@@ -30,8 +30,13 @@ import random
 from dataclasses import dataclass
 from enum import Enum
 
+from sidecar.backoff import BackoffPolicy
+from sidecar.coordination import CoordinationPolicy
+
 __all__ = [
+    "LIVENESS_SLACK",
     "Answer",
+    "RefreshPolicy",
     "SchedulePolicy",
     "effective_lifetime",
     "judge_answer",
@@ -54,6 +59,26 @@ class SchedulePolicy:
     min_interval: float
     default_expires_in: float
     max_expires_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshPolicy:
+    """Everything a credential's loop decides with, in seconds; built by the wiring from the
+    settings (:func:`sidecar.policies.refresh_policy`)."""
+
+    schedule: SchedulePolicy
+    backoff: BackoffPolicy
+    coordination: CoordinationPolicy
+    secret_poll: float
+    """How often to look for a re-seeded secret after a final error."""
+    operation_timeout: float
+    """Upper bound of one Vault call, for the liveness promise."""
+    exchange_timeout: float
+    """Upper bound of one token endpoint call; a claim must have this much left to exchange."""
+
+
+LIVENESS_SLACK = 30.0
+"""Seconds added to every promise a loop makes about when it will act again (liveness)."""
 
 
 def effective_lifetime(expires_in: float | None, policy: SchedulePolicy) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from sidecar.backoff import BackoffPolicy, backoff_delay
-from sidecar.coordination import SharedAccess, with_release
+from sidecar.coordination import SharedAccess, with_claim, with_release
 from sidecar.errors import CasConflict, JournalBusy, SecretRetired, SidecarError, SinkError
 from sidecar.model import JournalEntry, StoredSecret
 from sidecar.ports import Clock, Journal, SecretStore
@@ -92,6 +92,35 @@ class WriteBack:
         if written:
             self._written_version = secret.version
         self._status.secret_version = secret.version
+
+    async def read(self) -> tuple[StoredSecret, StoredSecret | None]:
+        """Read the secret and note it as last seen; also return the one seen before."""
+        self._promise_io()
+        secret = await self._store.read()
+        self._redactor.add(secret.refresh_token, secret.client_secret)
+        previous = self.secret
+        self.record(secret, written=False)
+        if previous is None or secret.version != previous.version:
+            self._log.debug("secret.read", location=secret.location, version=secret.version)
+        return secret, previous
+
+    async def claim(self, secret: StoredSecret, *, holder: str, until: float) -> StoredSecret:
+        """Claim ``secret`` for ``holder`` until wall-clock ``until``, with check-and-set on
+        its version. Raises CasConflict when another replica wrote first."""
+        self._promise_io()
+        claimed = await self._store.write(
+            secret, with_claim(secret.data, holder=holder, until=until)
+        )
+        self.record(claimed, written=True)
+        return claimed
+
+    async def release(self, base: StoredSecret, data: dict[str, Any]) -> None:
+        """Give up the claim and share a failure; best effort (the claim expires anyway)."""
+        self._promise_io()
+        try:
+            self.record(await self._store.write(base, data), written=True)
+        except SidecarError as exc:
+            self._log.warning("claim.release_failed", error=exc.kind)
 
     def last_writer(self) -> bool:
         """Whether the secret as this replica last saw it is its own write."""

@@ -13,8 +13,7 @@ from sidecar.backoff import BackoffPolicy
 from sidecar.config import CoordinationConfig, HttpConfig, RefreshConfig, Settings, VaultConfig
 from sidecar.coordination import CoordinationPolicy
 from sidecar.policies import refresh_policy
-from sidecar.refresher import RefreshPolicy
-from sidecar.schedule import SchedulePolicy
+from sidecar.schedule import RefreshPolicy, SchedulePolicy
 
 __all__ = ["DEFAULTS", "backoff", "coordination", "policy", "schedule"]
 
