@@ -11,10 +11,12 @@ from sidecar.coordination import (
     Action,
     SharedState,
     decide,
+    failure_release,
     fingerprint,
     with_claim,
     with_release,
 )
+from sidecar.errors import Severity
 from sidecar.refresher import Refresher
 from sidecar.status import CredentialStatus, Phase
 from tests.support import policies
@@ -64,6 +66,58 @@ def test_decide_honours_shared_backoff_and_rejection() -> None:
     assert decide("rt2", rejected, now=100, me="a", fresh_until=None, policy=POLICY).action is (
         Action.CLAIM
     )
+
+
+def test_failure_release_shares_each_severity_and_releases_the_claim() -> None:
+    claimed = {"refresh_token": "rt", **with_claim({}, holder="a", until=130)}
+    backoff = policies.backoff(initial=1, maximum=60)
+
+    def release(severity: Severity, shared_failures: int = 0) -> SharedState:
+        data = failure_release(
+            claimed,
+            severity,
+            token="rt",
+            shared_failures=shared_failures,
+            now=100,
+            backoff=backoff,
+            secret_poll=30,
+            rng=random.Random(1),
+            retry_after=None,
+        )
+        assert data["refresh_token"] == "rt"
+        return SharedState.parse(data)
+
+    rejected = release(Severity.REJECTED)
+    assert rejected.claim_holder is None
+    assert rejected.rejected == fingerprint("rt")
+    assert rejected.next_attempt_at is None
+    # retryable: one more shared failure, and the next attempt by the backoff of that count
+    retryable = release(Severity.RETRYABLE, shared_failures=3)
+    assert retryable.claim_holder is None
+    assert retryable.failures == 4
+    assert retryable.next_attempt_at is not None
+    assert 100 + 4 <= retryable.next_attempt_at <= 100 + 8
+    assert retryable.rejected is None
+    # final: the secret-poll pace, no failure count to grow
+    final = release(Severity.FINAL, shared_failures=3)
+    assert final.next_attempt_at == 130
+    assert final.failures == 0
+    assert final.rejected is None
+
+
+def test_failure_release_honours_retry_after_as_a_floor() -> None:
+    data = failure_release(
+        {"refresh_token": "rt"},
+        Severity.RETRYABLE,
+        token="rt",
+        shared_failures=0,
+        now=100,
+        backoff=policies.backoff(initial=1, maximum=60, max_retry_after=600),
+        secret_poll=30,
+        rng=random.Random(1),
+        retry_after=45,
+    )
+    assert SharedState.parse(data).next_attempt_at == 145
 
 
 def test_decide_reports_a_token_this_replica_saw_refused_instead_of_claiming_it() -> None:

@@ -8,8 +8,10 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.backoff import backoff_delay
+from sidecar.backoff import Retry, backoff_delay, plan_retry
+from sidecar.errors import Severity
 from sidecar.schedule import Answer, effective_lifetime, judge_answer, refresh_delay
+from sidecar.status import Phase
 from tests.support import policies
 
 POLICY = policies.schedule()
@@ -96,3 +98,37 @@ def test_judge_answer() -> None:
     assert judge_answer(60, started=100, now=201, published_until=200) is Answer.EXPIRED
     assert judge_answer(60, started=100, now=150, published_until=140) is Answer.FRESH
     assert judge_answer(100, started=100, now=101, published_until=200) is Answer.FRESH
+
+
+def test_plan_retry_by_severity() -> None:
+    policy = policies.backoff(initial=1, maximum=60, max_retry_after=600)
+
+    def plan(
+        severity: Severity,
+        failures: int = 1,
+        *,
+        has_token: bool = True,
+        retry_after: float | None = None,
+    ) -> Retry:
+        return plan_retry(
+            severity,
+            failures,
+            has_token=has_token,
+            policy=policy,
+            secret_poll=30,
+            rng=random.Random(2),
+            retry_after=retry_after,
+        )
+
+    assert plan(Severity.REJECTED) == Retry(Phase.REJECTED, 30, loud=True)
+    # final: the secret-poll pace, or the backoff once it has grown past it
+    assert plan(Severity.FINAL) == Retry(Phase.FAILED, 30, loud=True)
+    slow = plan(Severity.FINAL, failures=10)
+    assert slow.phase is Phase.FAILED and 30 <= slow.delay <= 60
+    # retryable: quiet backoff; the phase says whether a token was ever published
+    fast = plan(Severity.RETRYABLE)
+    assert fast.phase is Phase.RETRYING and not fast.loud and 0.5 <= fast.delay <= 1
+    assert plan(Severity.RETRYABLE, has_token=False).phase is Phase.STARTING
+    assert plan(Severity.RETRYABLE, retry_after=120).delay == 120
+    # Retry-After does not shorten a final error's wait
+    assert plan(Severity.FINAL, retry_after=1).delay == 30
