@@ -50,6 +50,7 @@ from sidecar.coordination import fingerprint
 from tests.hostile.harness import ReadyWatcher
 from tests.soak.plan import Plan
 from tests.support.deployment import KV_PATH, Deployment, wait_for
+from tests.support.freeze import freeze
 from tests.support.idp import IdpServer
 from tests.support.openbao import OpenBaoServer
 
@@ -341,7 +342,7 @@ class Chaos:
         replica = self.rng.choice(running)
         process = replica.dep.process
         assert process is not None
-        os.kill(process.pid, signal.SIGSTOP)
+        freeze(process.pid)
         if self._holds_claim(replica):
             os.kill(process.pid, signal.SIGCONT)
             self.counts["freezes_declined"] += 1

@@ -53,6 +53,8 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.freeze import freeze, thaw
+
 __all__ = ["DEFAULT_ISSUER", "JWT_MOUNTS", "OpenBaoError", "OpenBaoServer", "find_bao_binary"]
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -297,16 +299,18 @@ class OpenBaoServer:
         return bool(self.root_client().sys.read_seal_status()["sealed"])
 
     def freeze(self) -> None:
-        """SIGSTOP the process: connections are accepted by the kernel but never answered."""
+        """SIGSTOP the process: connections are accepted by the kernel but never answered.
+
+        Returns once every thread of it has stopped."""
         if self._process is None or self._frozen:
             return
-        self._process.send_signal(signal.SIGSTOP)
+        freeze(self._process.pid)
         self._frozen = True
 
     def thaw(self) -> None:
         if self._process is None or not self._frozen:
             return
-        self._process.send_signal(signal.SIGCONT)
+        thaw(self._process.pid)
         self._frozen = False
 
     @contextlib.contextmanager
