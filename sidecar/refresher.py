@@ -44,7 +44,7 @@ from sidecar.redact import REDACTOR, Redactor
 from sidecar.rotation import Rotation
 from sidecar.schedule import LIVENESS_SLACK, RefreshPolicy, refresh_window
 from sidecar.status import CredentialStatus, Phase
-from sidecar.writeback import WriteBack, WriteResult
+from sidecar.writeback import WriteBack
 
 __all__ = ["Refresher"]
 
@@ -156,8 +156,9 @@ class Refresher:
         now = self._clock.monotonic()
         pending = self._wb.pending is not None
         if pending and now >= self._wb.next_write:
-            if await self._rotation.write_back() is WriteResult.LOST:
-                self._next_refresh = -math.inf  # decide again from the other writer's value
+            soonest = await self._rotation.write_back()
+            if soonest < math.inf:  # another writer's value won, or a failure's retry
+                self._next_refresh = soonest
             return True
         if self._stop.is_set() or self._done:
             if not pending:
@@ -165,7 +166,7 @@ class Refresher:
             await self._sleep(self._wb.next_write - now, interruptible=False)
             return True
         if now >= self._next_refresh:
-            await self._cycle()
+            self._next_refresh = await self._cycle()
             return True
         wake = self._next_refresh
         if pending:
@@ -185,38 +186,37 @@ class Refresher:
     def _after(self, seconds: float) -> float:
         return self._clock.monotonic() + max(seconds, 0.0)
 
-    async def _cycle(self) -> None:
+    async def _cycle(self) -> float:
+        """One cycle; returns the monotonic time of the next."""
         if self._wb.pending is not None:
             # Vault does not hold our rotated token yet and no other replica knows it; the
             # write-back keeps being retried. See _refresh_from_memory for when it is safe to
             # go on refreshing from it.
-            await self._refresh_from_memory()
-            return
+            return await self._refresh_from_memory()
         try:
             secret = await self._read()
-        except VaultUnavailable as exc:
-            if self._policy.coordination.exclusive and self._wb.last_writer():
+        except SidecarError as exc:
+            alone = self._policy.coordination.exclusive and self._wb.last_writer()
+            if isinstance(exc, VaultUnavailable) and alone:
                 # R6 for a sidecar alone with its secret: Vault being down never stops
                 # refreshes from the token in memory. With replicas, having written the version
                 # last seen proves nothing: another replica may have claimed and rotated since,
                 # and the token in memory would be spent (R1 wins).
                 self._log.warning("secret.read_failed", error=exc.kind, message=exc.message)
-                await self._refresh_from_memory()
-                return
-            self._fail(exc, "secret.read_failed")
-            return
-        except SidecarError as exc:
-            self._fail(exc, "secret.read_failed")
-            return
+                return await self._refresh_from_memory()
+            return self._fail(exc, "secret.read_failed")
         try:
             self._wb.recover(secret)
         except SinkError as exc:
             # It may hold the only live copy of the refresh token: presenting Vault's could
             # present a spent one (R1). Try again after a backoff.
-            self._fail(exc, "journal.read_failed")
-            return
+            return self._fail(exc, "journal.read_failed")
         if self._wb.pending is not None:
-            return  # our result goes to Vault before anything else happens
+            return -math.inf  # our result goes to Vault before anything else happens
+        return await self._decide(secret)
+
+    async def _decide(self, secret: StoredSecret) -> float:
+        """Reuse a replica's fresh token, wait, report a rejected token, or claim and rotate."""
         state = SharedState.parse(secret.data)
         now = self._clock.time()
         fresh_until = self._adopt_shared(state.access)
@@ -234,16 +234,15 @@ class Refresher:
             draw=self._rng.random(),
         )
         if decision.action is Action.REJECTED:
-            self._report_rejected()
-        elif decision.action is Action.CLAIM:
-            await self._claim_and_rotate(secret, state)
+            return self._report_rejected()
+        if decision.action is Action.CLAIM:
+            return await self._claim_and_rotate(secret, state)
+        assert decision.until is not None  # noqa: S101  # REUSE and WAIT say until when
+        if decision.action is Action.WAIT:
+            self._log.debug("claim.wait", seconds=round(decision.until - now, 3))
         else:
-            assert decision.until is not None  # noqa: S101  # REUSE and WAIT say until when
-            if decision.action is Action.WAIT:
-                self._log.debug("claim.wait", seconds=round(decision.until - now, 3))
-            else:
-                self._done = self._oneshot
-            self._next_refresh = self._after(decision.until - now)
+            self._done = self._oneshot
+        return self._after(decision.until - now)
 
     def _window(self, access: SharedAccess | None) -> tuple[float, float]:
         if access is None:
@@ -262,20 +261,21 @@ class Refresher:
             self._rotation.publish(access, reused=True)
         return due
 
-    def _report_rejected(self) -> None:
+    def _report_rejected(self) -> float:
         self._out.set_phase(Phase.REJECTED, "invalid_grant")
         self.status.last_error = self.status.last_error or "invalid_grant"
-        self._next_refresh = self._after(self._policy.secret_poll)
         if self._oneshot:
             raise InvalidGrant(
                 "the refresh token in Vault was rejected by the authorization server; "
                 "re-seed it in Vault"
             )
+        return self._after(self._policy.secret_poll)
 
-    async def _claim_and_rotate(self, secret: StoredSecret, state: SharedState) -> None:
-        client = self._client_for(secret)
-        if client is None:
-            return
+    async def _claim_and_rotate(self, secret: StoredSecret, state: SharedState) -> float:
+        try:
+            client = self._client_for(secret)
+        except SecretInvalid as exc:
+            return self._fail(exc, "secret.invalid")
         now = self._clock.time()
         skew = self._policy.coordination.clock_skew_seconds
         if state.claim_holder in self._predecessors and now < (state.claim_until or 0) + skew:
@@ -287,15 +287,13 @@ class Refresher:
             claimed = await self._wb.claim(secret, holder=self._holder, until=claim_until)
         except CasConflict:
             self._log.debug("claim.lost_race")
-            self._next_refresh = self._after(self._rng.uniform(0.05, 0.25))
-            return
+            return self._after(self._rng.uniform(0.05, 0.25))
         except SidecarError as exc:
-            self._fail(exc, "claim.failed")
-            return
+            return self._fail(exc, "claim.failed")
         self._claim_deadline = claimed_at + self._policy.coordination.claim_seconds
-        await self._rotate(claimed, client, state, self._claim_deadline)
+        return await self._rotate(claimed, client, state, self._claim_deadline)
 
-    async def _refresh_from_memory(self) -> None:
+    async def _refresh_from_memory(self) -> float:
         """Refresh with the token Vault does not hold yet, while that is safe.
 
         Vault still holds the token ours was rotated from, and the other replicas leave it
@@ -307,27 +305,22 @@ class Refresher:
         secret = self._wb.secret
         assert secret is not None  # noqa: S101
         if self._oneshot and self._wb.pending is not None:
-            self._next_refresh = self._wb.next_write
-            return
+            return self._wb.next_write
         claim_deadline = None if self._policy.coordination.exclusive else self._claim_deadline
         try:
             self._rotation.check_claim(claim_deadline)
         except ClaimExpired as exc:
-            self._fail(exc, "token.refresh_failed")
-            return
-        client = self._client_for(secret)
-        if client is None:
-            return
-        self._log.warning("token.refresh_from_memory")
-        await self._rotate(secret, client, SharedState(), claim_deadline)
-
-    def _client_for(self, secret: StoredSecret) -> ClientCredentials | None:
-        """The client's credentials from configuration and secret; None after a failure."""
+            return self._fail(exc, "token.refresh_failed")
         try:
-            client = client_credentials(self._client, secret)
+            client = self._client_for(secret)
         except SecretInvalid as exc:
-            self._fail(exc, "secret.invalid")
-            return None
+            return self._fail(exc, "secret.invalid")
+        self._log.warning("token.refresh_from_memory")
+        return await self._rotate(secret, client, SharedState(), claim_deadline)
+
+    def _client_for(self, secret: StoredSecret) -> ClientCredentials:
+        """The client's credentials from configuration and secret. Raises SecretInvalid."""
+        client = client_credentials(self._client, secret)
         self._redactor.add(client.client_secret, client.private_key)
         return client
 
@@ -337,14 +330,10 @@ class Refresher:
         client: ClientCredentials,
         state: SharedState,
         claim_deadline: float | None,
-    ) -> None:
-        # A failure during the rotation (a lost check-and-set, a failed publish) schedules
-        # the next cycle earlier than the normal schedule: keep the earlier one.
-        self._next_refresh = math.inf
-        due = await self._rotation.rotate(base, client, state, claim_deadline=claim_deadline)
-        if due is not None:
-            self._next_refresh = min(self._next_refresh, due)
-            self._done = self._oneshot
+    ) -> float:
+        soonest = await self._rotation.rotate(base, client, state, claim_deadline=claim_deadline)
+        self._done = self._oneshot  # `once` ends here, done or failed with the token kept
+        return soonest
 
     async def _read(self) -> StoredSecret:
         secret, previous = await self._wb.read()
@@ -357,13 +346,13 @@ class Refresher:
             self._log.info("secret.reseeded", version=secret.version)
         return secret
 
-    def _fail(self, exc: SidecarError, event: str) -> None:
-        """Record a failure and schedule the next attempt by its class (R6)."""
+    def _fail(self, exc: SidecarError, event: str) -> float:
+        """Record a failure; return when to try again, by its class (R6)."""
         if self._oneshot:
             if self._wb.pending is None:
                 raise exc
             # R2: a rotated token still on its way to Vault is written before `once` fails.
             self._deferred = self._deferred or exc
             self._done = True
-            return
-        self._next_refresh = self._after(self._out.failed(exc, event, classify_failure(exc)))
+            return math.inf
+        return self._after(self._out.failed(exc, event, classify_failure(exc)))

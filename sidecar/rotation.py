@@ -63,8 +63,9 @@ from sidecar.writeback import WriteBack, WriteResult
 
 __all__ = ["Rotation"]
 
-#: ``fail(error, event)``: the loop records a failure and schedules the next attempt.
-Fail = Callable[[SidecarError, str], None]
+#: ``fail(error, event)``: the loop records a failure; returns the monotonic time of the next
+#: attempt (R6).
+Fail = Callable[[SidecarError, str], float]
 
 
 class Rotation:
@@ -106,11 +107,12 @@ class Rotation:
         state: SharedState,
         *,
         claim_deadline: float | None,
-    ) -> float | None:
+    ) -> float:
         """Exchange the pending token, or else ``base``'s; persist and publish the result.
 
-        Returns the monotonic time the next refresh is due (``-inf`` when another writer's
-        value won: decide again from Vault's), or None after a failure reported to ``fail``.
+        Returns the monotonic time the next cycle is due: the new token's refresh, or sooner
+        after a failure (reported to ``fail``), or ``-inf`` when another writer's value won
+        (decide again from Vault's).
         """
         pending = self._wb.pending
         token = str(pending["refresh_token"]) if pending else base.refresh_token
@@ -121,8 +123,7 @@ class Rotation:
             grant = await self._present(token, client, claim_deadline)
         except SidecarError as exc:
             self._out.record(exc.kind, started_mono)
-            await self._after_failure(base, token, state, exc, started_wall)
-            return None
+            return await self._after_failure(base, token, state, exc, started_wall)
         self._redactor.add(grant.access_token, grant.refresh_token)
         lifetime = effective_lifetime(grant.expires_in, self._policy.schedule)
         verdict = judge_answer(
@@ -134,10 +135,9 @@ class Rotation:
         if verdict is Answer.EXPIRED:
             expired = expired_answer(grant.expires_in)
             self._out.record(expired.kind, started_mono)
-            await self._after_failure(
+            return await self._after_failure(
                 base, token, state, expired, started_wall, rotated=grant.refresh_token
             )
-            return None
         if verdict is Answer.SHORTER:
             # Persist the rotation and go on with the new token's schedule, which is due
             # before the published token expires.
@@ -162,38 +162,38 @@ class Rotation:
         self._out.note_refresh_token(new_token, SharedState.parse(result).refresh)
         journalled = self._wb.hold(base, result, new_token, started_wall)
         self._wb.held = SharedAccess.parse(result["token_sidecar"]["access"])
-        lost = await self.write_back() is WriteResult.LOST
+        soonest = await self.write_back()
         if self._wb.pending is not None and journalled:
-            self._publish_held()
-        if lost:
-            return -math.inf
+            soonest = min(soonest, self._publish_held())
         low, high = refresh_window(lifetime, self._policy.schedule)
-        return started_mono + self._rng.uniform(low, high)
+        return min(soonest, started_mono + self._rng.uniform(low, high))
 
-    async def write_back(self) -> WriteResult | None:
+    async def write_back(self) -> float:
         """Try to write the pending token to Vault; publish what waited for it once stored.
 
-        None when the credential was retired meanwhile (reported to ``fail``)."""
+        Returns when the next cycle must come at the latest: ``inf`` (no sooner than planned),
+        ``-inf`` when another writer's value won, or the retry after a failure."""
         try:
             result = await self._wb.write()
         except SecretRetired as exc:
-            self._fail(exc, "secret.read_failed")
-            return None
-        if result is WriteResult.STORED:
-            self._publish_held()
-        return result
+            return self._fail(exc, "secret.read_failed")
+        if result is WriteResult.LOST:
+            return -math.inf
+        return self._publish_held() if result is WriteResult.STORED else math.inf
 
-    def publish(self, access: SharedAccess, *, reused: bool) -> None:
-        """Offer ``access`` to the app; a failed write is a failure like any other."""
+    def publish(self, access: SharedAccess, *, reused: bool) -> float:
+        """Offer ``access`` to the app; a failed write is a failure like any other.
+
+        Returns ``inf``, or the retry after a failure."""
         try:
             self._out.offer(access, reused=reused)
         except SinkError as exc:
-            self._fail(exc, "token.publish_failed")
+            return self._fail(exc, "token.publish_failed")
+        return math.inf
 
-    def _publish_held(self) -> None:
+    def _publish_held(self) -> float:
         held = self._wb.take_held()
-        if held is not None:
-            self.publish(held, reused=False)
+        return math.inf if held is None else self.publish(held, reused=False)
 
     async def _present(
         self, token: str, client: ClientCredentials, claim_deadline: float | None
@@ -238,7 +238,7 @@ class Rotation:
         started_wall: float,
         *,
         rotated: str | None = None,
-    ) -> None:
+    ) -> float:
         event = "token.expired_answer" if isinstance(exc, ExpiredAnswer) else "token.refresh_failed"
         salvaged = rotated or (
             exc.salvaged_refresh_token if isinstance(exc, MalformedResponse) else None
@@ -251,8 +251,7 @@ class Rotation:
             release = self._released(data, Severity.RETRYABLE, salvaged, exc, state)
             self._wb.hold(base, release, salvaged, started_wall)
             await self.write_back()
-            self._fail(exc, event)
-            return
+            return self._fail(exc, event)
         severity = classify_failure(exc)
         if severity is Severity.REJECTED:
             # Whatever Vault holds is spent too when the refused token was our pending one.
@@ -262,7 +261,7 @@ class Rotation:
         if self._wb.pending is None:
             release = self._released(base.data, severity, base.refresh_token, exc, state)
             await self._wb.release(base, release)
-        self._fail(exc, "token.rejected" if isinstance(exc, InvalidGrant) else event)
+        return self._fail(exc, "token.rejected" if isinstance(exc, InvalidGrant) else event)
 
     def _released(
         self,
