@@ -181,22 +181,23 @@ async def _drive(config: Path, rotations: int, log: Path) -> _Recorder:
             app.stop.set()
 
     # The refresher's ports, as App wired them, each behind a timing proxy: the store is
-    # shared with its write-back state, the sink with its publisher.
-    writeback, publisher = refresher._wb, refresher._out
+    # its write-back state's, the exchanger its rotation's, the sink shared with its publisher.
+    writeback, publisher, rotation = refresher._wb, refresher._out, refresher._rotation
     missing = [
         n
         for obj, names in (
-            (refresher, ("_store", "_exchanger", "_sink")),
+            (refresher, ("_sink",)),
             (writeback, ("_store", "_journal")),
             (publisher, ("_sink",)),
+            (rotation, ("_exchanger",)),
         )
         for n in names
         if not hasattr(obj, n)
     ]
     if missing:
         raise RuntimeError(f"Refresher has no {', '.join(missing)}: update bench/overhead.py")
-    refresher._store = writeback._store = _Store(refresher._store, rec)
-    refresher._exchanger = _Exchanger(refresher._exchanger, rec)
+    writeback._store = _Store(writeback._store, rec)
+    rotation._exchanger = _Exchanger(rotation._exchanger, rec)
     refresher._sink = publisher._sink = _Sink(refresher._sink, rec, done)
     if writeback._journal is not None:
         writeback._journal = _Journal(writeback._journal, rec)
