@@ -13,8 +13,11 @@ State kept between cycles: the secret as last seen and the rotated token on its 
 While Vault is out of reach, a replica holding a pending token keeps refreshing with it from
 memory (no other replica knows that token, so R1 in docs/design.md holds) and keeps retrying
 the write-back. After stop is requested no exchange starts, but a pending write-back keeps
-being retried until it lands or the caller's grace period runs out. Every failure goes
-through :meth:`Refresher._fail`, which schedules the next attempt by the error tree (R6).
+being retried until it lands or the caller's grace period runs out.
+
+Every step of a cycle returns the monotonic time of the next one, and :meth:`Refresher._step`
+is the one place that keeps it. Every failure goes through :meth:`Refresher._fail`, which
+records it and returns when to try again, by the error tree (R6).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ log = structlog.get_logger(__name__)
 
 
 class Refresher:
+    """Keeps one refresh-token credential's token file fresh: ``run`` until stopped, or
+    ``once``."""
+
     def __init__(
         self,
         *,
