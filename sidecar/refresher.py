@@ -45,7 +45,7 @@ from sidecar.ports import Clock, Journal, RefreshObserver, SecretStore, TokenExc
 from sidecar.publisher import Publisher
 from sidecar.redact import REDACTOR, Redactor
 from sidecar.rotation import Rotation
-from sidecar.schedule import LIVENESS_SLACK, RefreshPolicy, refresh_window
+from sidecar.schedule import LIVENESS_SLACK, RefreshPolicy, access_window
 from sidecar.status import CredentialStatus, Phase
 from sidecar.writeback import WriteBack
 
@@ -120,7 +120,6 @@ class Refresher:
             promise_io=self._promise_io,
             fail=self._fail,
         )
-        self._predecessors: frozenset[str] = frozenset()
         self._deferred: SidecarError | None = None
         self._next_refresh = -math.inf
         self._claim_deadline = -math.inf
@@ -136,7 +135,7 @@ class Refresher:
     async def run(self) -> None:
         """Refresh until stop is set, then finish any pending write-back and return."""
         self._sink.prepare()
-        self._predecessors = self._wb.open_journal(self._holder)
+        self._wb.open_journal(self._holder)
         try:
             while await self._step():
                 pass
@@ -226,7 +225,7 @@ class Refresher:
         state = SharedState.parse(secret.data)
         now = self._clock.time()
         fresh_until = self._adopt_shared(state.access)
-        low, high = self._window(state.access)
+        low, high = access_window(state.access, self._policy.schedule)
         decision = decide(
             secret.refresh_token,
             state,
@@ -234,7 +233,7 @@ class Refresher:
             me=self._holder,
             fresh_until=fresh_until,
             policy=self._policy.coordination,
-            predecessors=self._predecessors,
+            predecessors=self._wb.predecessors,
             rejected=self._rotation.rejected,
             reuse_spread=high - low,
             draw=self._rng.random(),
@@ -250,18 +249,12 @@ class Refresher:
             self._done = self._oneshot
         return self._after(decision.until - now)
 
-    def _window(self, access: SharedAccess | None) -> tuple[float, float]:
-        if access is None:
-            return (0.0, 0.0)
-        lifetime = max(access.expires_at - access.issued_at, 0.0)
-        return refresh_window(lifetime, self._policy.schedule)
-
     def _adopt_shared(self, access: SharedAccess | None) -> float | None:
         """Publish a shared access token newer than ours; return when it becomes due."""
         if access is None:
             return None
         self._redactor.add(access.access_token)
-        due = access.issued_at + self._window(access)[0]
+        due = access.issued_at + access_window(access, self._policy.schedule)[0]
         newer = self.status.issued_at is None or access.issued_at >= self.status.issued_at
         if newer and self._out.published != access.access_token:
             self._rotation.publish(access, reused=True)
@@ -282,21 +275,20 @@ class Refresher:
             client = self._client_for(secret)
         except SecretInvalid as exc:
             return self._fail(exc, "secret.invalid")
-        now = self._clock.time()
-        skew = self._policy.coordination.clock_skew_seconds
-        if state.claim_holder in self._predecessors and now < (state.claim_until or 0) + skew:
-            # Its process is gone (the journal's lock is ours): no need to wait its claim out.
-            self._log.info("claim.taken_over", predecessor=state.claim_holder)
-        claim_until = now + self._policy.coordination.claim_seconds
-        claimed_at = self._clock.monotonic()
+        policy = self._policy.coordination
         try:
-            claimed = await self._wb.claim(secret, holder=self._holder, until=claim_until)
+            claimed, self._claim_deadline = await self._wb.claim(
+                secret,
+                state,
+                holder=self._holder,
+                seconds=policy.claim_seconds,
+                skew=policy.clock_skew_seconds,
+            )
         except CasConflict:
             self._log.debug("claim.lost_race")
             return self._after(self._rng.uniform(0.05, 0.25))
         except SidecarError as exc:
             return self._fail(exc, "claim.failed")
-        self._claim_deadline = claimed_at + self._policy.coordination.claim_seconds
         return await self._rotate(claimed, client, state, self._claim_deadline)
 
     async def _refresh_from_memory(self) -> float:

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 from sidecar.backoff import BackoffPolicy
-from sidecar.coordination import CoordinationPolicy
+from sidecar.coordination import CoordinationPolicy, SharedAccess
 
 __all__ = [
     "LIVENESS_SLACK",
     "Answer",
     "RefreshPolicy",
     "SchedulePolicy",
+    "access_window",
     "effective_lifetime",
     "judge_answer",
     "ready_margin_cap",
@@ -108,6 +109,13 @@ def refresh_window(lifetime: float, policy: SchedulePolicy) -> tuple[float, floa
         max(min(low, latest_allowed), policy.min_interval),
         max(min(high, latest_allowed), policy.min_interval),
     )
+
+
+def access_window(access: SharedAccess | None, policy: SchedulePolicy) -> tuple[float, float]:
+    """The refresh window of a shared access token, by its own lifetime; (0, 0) without one."""
+    if access is None:
+        return (0.0, 0.0)
+    return refresh_window(max(access.expires_at - access.issued_at, 0.0), policy)
 
 
 def refresh_delay(lifetime: float, policy: SchedulePolicy, rng: random.Random) -> float:

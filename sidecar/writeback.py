@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from sidecar.backoff import BackoffPolicy, backoff_delay
-from sidecar.coordination import SharedAccess, with_claim, with_release
+from sidecar.coordination import SharedAccess, SharedState, with_claim, with_release
 from sidecar.errors import CasConflict, JournalBusy, SecretRetired, SidecarError, SinkError
 from sidecar.model import JournalEntry, StoredSecret
 from sidecar.ports import Clock, Journal, SecretStore
@@ -80,6 +80,8 @@ class WriteBack:
         self.pending: dict[str, Any] | None = None
         self.held: SharedAccess | None = None
         self.next_write = -math.inf
+        self.predecessors: frozenset[str] = frozenset()
+        """Earlier processes of this journal: gone, so their claims may be taken over."""
         self._written_version: int | None = None
         self._failures = 0
         self._journal_loaded = False
@@ -104,15 +106,24 @@ class WriteBack:
             self._log.debug("secret.read", location=secret.location, version=secret.version)
         return secret, previous
 
-    async def claim(self, secret: StoredSecret, *, holder: str, until: float) -> StoredSecret:
-        """Claim ``secret`` for ``holder`` until wall-clock ``until``, with check-and-set on
-        its version. Raises CasConflict when another replica wrote first."""
+    async def claim(
+        self, secret: StoredSecret, state: SharedState, *, holder: str, seconds: float, skew: float
+    ) -> tuple[StoredSecret, float]:
+        """Claim ``secret`` (whose shared state is ``state``) for ``holder`` for ``seconds``, with
+        check-and-set on its version; return it claimed, and the claim's monotonic deadline.
+
+        Raises CasConflict when another replica wrote first."""
+        now = self._clock.time()
+        if state.claim_holder in self.predecessors and now < (state.claim_until or 0) + skew:
+            # Its process is gone (the journal's lock is ours): no need to wait its claim out.
+            self._log.info("claim.taken_over", predecessor=state.claim_holder)
+        started = self._clock.monotonic()
         self._promise_io()
         claimed = await self._store.write(
-            secret, with_claim(secret.data, holder=holder, until=until)
+            secret, with_claim(secret.data, holder=holder, until=now + seconds)
         )
         self.record(claimed, written=True)
-        return claimed
+        return claimed, started + seconds
 
     async def release(self, base: StoredSecret, data: dict[str, Any]) -> None:
         """Give up the claim and share a failure; best effort (the claim expires anyway)."""
@@ -128,20 +139,21 @@ class WriteBack:
 
     # -- the journal ------------------------------------------------------------------------
 
-    def open_journal(self, holder: str) -> frozenset[str]:
-        """Take the journal for this process; the claimants whose claims it may take over."""
+    def open_journal(self, holder: str) -> None:
+        """Take the journal for this process, and learn the claimants whose claims it may take
+        over (``predecessors``)."""
         if self._journal is None:
-            return frozenset()
+            return
         try:
-            return self._journal.open(holder)
+            self.predecessors = self._journal.open(holder)
         except JournalBusy as exc:
             # Another live process (a `once` beside `run`) has it: share nothing with it.
             # Without a journal, publishing waits until Vault holds a rotated token (R2).
             self._log.warning("journal.busy", message=exc.message)
+            self._journal = None
         except SinkError as exc:
             self._log.error("journal.unusable", error=exc.kind, message=exc.message)
-        self._journal = None
-        return frozenset()
+            self._journal = None
 
     def close_journal(self) -> None:
         if self._journal is not None:
