@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import compileall
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -25,8 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from bench.peer import Agent, launch_agent
 from tests.support.idp import IdpServer
@@ -205,7 +204,7 @@ class Lab:
         level: str = "info",
         grant: str = "refresh_token",
     ) -> Path:
-        """Write a config like the chart's: kubernetes auth, journal, JSON logs at info.
+        """Write a config like the chart's (JSON): kubernetes auth, journal, JSON logs at info.
 
         ``credentials`` are ``(name, kv path below bench/, idp name)``, all with ``grant``.
         """
@@ -232,7 +231,7 @@ class Lab:
             "refresh": refresh or {},
         }
         path = root / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path.write_text(json.dumps(config, indent=2))
         return path
 
     def volume(self, workdir: Path) -> Path:

@@ -1,5 +1,10 @@
 """Loading the configuration: the YAML file, ``VAULT_*`` and the environment, checked at once.
 
+The file may be YAML or JSON (a subset of YAML, which is what the chart renders): a file whose
+text after any leading ``#`` comment lines starts with ``{`` is read with the standard
+library's parser first, and PyYAML is imported only for a file that is not JSON, which keeps
+its import off the chart's start-up.
+
 Unknown keys and bad values stop start-up: :func:`load_settings` raises :class:`ConfigError`
 with one message per problem, each naming its key (``credentials[0].token_endpoint``). Values
 are never echoed, since a misplaced secret could be among them.
@@ -12,13 +17,13 @@ when anything failed, :func:`load_settings` checks each rule again on its own ke
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
@@ -44,9 +49,9 @@ _VAULT_ENV = {"VAULT_ADDR": "address", "VAULT_CACERT": "ca_cert", "VAULT_NAMESPA
 
 
 def load_settings(path: Path | None = None) -> Settings:
-    """Read the YAML file (if any) and the environment; raise ConfigError listing every problem."""
+    """Read the file (if any) and the environment; raise ConfigError listing every problem."""
     env = os.environ
-    data = _read_yaml(path) if path is not None else {}
+    data = _read_file(path) if path is not None else {}
     vault_env = {key: env[name] for name, key in _VAULT_ENV.items() if env.get(name)}
     if vault_env:
         section = data.get("vault")
@@ -72,17 +77,36 @@ def load_settings(path: Path | None = None) -> Settings:
         ) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+_JSON_BODY = re.compile(r"(?:[ \t]*(?:#[^\n]*)?\r?\n)*[ \t]*(\{.*)", re.DOTALL)
+"""A JSON object, after blank lines and ``#`` comment lines (the chart's ConfigMap has one)."""
+
+
+def _read_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"--config {path}: cannot read ({exc.strerror})"]) from exc
+    body = _JSON_BODY.match(text)
+    if body:
+        try:
+            return _top_level(path, json.loads(body.group(1)))
+        except json.JSONDecodeError:
+            pass  # a YAML flow mapping, or broken: PyYAML reads it or says where it breaks
+    return _top_level(path, _parse_yaml(path, text))
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml  # noqa: PLC0415  # only for a file that is not JSON (see the module docstring)
+
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"--config {path}: not valid YAML{where}"]) from exc
+
+
+def _top_level(path: Path, data: Any) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import sidecar.config
 import sidecar.config.base
@@ -149,6 +153,31 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     assert problems(tmp_path, "- a\n- b\n") == [
         f"--config {tmp_path / 'config.yaml'}: the top level must be a mapping"
     ]
+
+
+def test_json_is_read_as_yaml_would_read_it_and_without_a_yaml_parser(tmp_path: Path) -> None:
+    as_yaml = load_settings(write(tmp_path, MINIMAL))
+    data = yaml.safe_load(MINIMAL)
+    # The chart's ConfigMap: a comment line, then the JSON document.
+    chart = "# rendered by the chart\n\n" + json.dumps(data, indent=2)
+    assert load_settings(write(tmp_path, chart)) == as_yaml
+    # A YAML flow mapping also starts with "{"; it is not JSON, and PyYAML reads it.
+    flow = "{" + json.dumps(data)[1:].replace('"vault":', "vault:", 1)
+    assert load_settings(write(tmp_path, flow)) == as_yaml
+    # Broken JSON is reported by the YAML parser, with where it breaks.
+    assert "not valid YAML at line 1" in problems(tmp_path, '{"vault": [')[0]
+    assert problems(tmp_path, "# a list\n[1, 2]") == [
+        f"--config {tmp_path / 'config.yaml'}: the top level must be a mapping"
+    ]
+    probe = (
+        "import sys; from pathlib import Path; from sidecar.configload import load_settings; "
+        f"load_settings(Path({str(write(tmp_path, chart))!r})); "
+        "sys.exit('yaml' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_every_setting_documents_its_default_where_it_is_defined() -> None:

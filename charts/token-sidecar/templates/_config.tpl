@@ -1,5 +1,6 @@
 {{/*
-The sidecar's config.yaml, built from .Values.config with exactly the sidecar's keys
+The sidecar's config.yaml, written as JSON (a subset of YAML that the sidecar reads without
+importing a YAML parser), built from .Values.config with exactly the sidecar's keys
 (sidecar/config.py), plus what only the chart knows: where the volumes are mounted.
 
 Filled in unless set: vault.auth.role (the full name) and vault.auth.jwt_file (the projected
@@ -86,7 +87,7 @@ Combinations the sidecar would reject, or that cannot work in this pod, stop the
 {{- if $v.events.enabled -}}
   {{- $_ := set $cfg "events" (dict "enabled" true) -}}
 {{- end -}}
-{{- toYaml $cfg -}}
+{{- toPrettyJson $cfg -}}
 {{- end -}}
 
 {{/*
