@@ -174,18 +174,44 @@ def _meta(lab: Lab, source: Path, plan: Plan) -> dict[str, Any]:
     }
 
 
+STACK = ("asyncio", "httpx", "pydantic", "pydantic_settings", "structlog", "prometheus_client")
+"""The libraries the project chose for the sidecar: whatever it does, its start-up imports these."""
+
+
 def machine_reference(python: str, options: tuple[str, ...], runs: int = 9) -> dict[str, Any]:
-    """How fast this machine starts the sidecar's interpreter: a bare start and one that
-    imports asyncio (which every sidecar start does), each the median of ``runs``, taken
-    alternately. Start-up ratios from different machines compare through these."""
+    """How fast this machine starts the sidecar's interpreter, and what the chosen stack costs.
+
+    A bare start, one that imports asyncio (which every sidecar start does) and one that
+    imports :data:`STACK` and nothing of the sidecar, each the median of ``runs``, taken
+    alternately; the last also reports its resident memory. Start-up ratios from different
+    machines compare through the first two; the third is the floor under the sidecar's own
+    start-up and memory, set by its libraries rather than by its code."""
+    stack = f"import {', '.join(STACK)}"
+    rss = "; import re; print(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())[1])"
     bare: list[float] = []
     asyncio_import: list[float] = []
+    stack_import: list[float] = []
+    stack_rss: list[float] = []
     for _ in range(runs):
-        for sink, code in ((bare, "pass"), (asyncio_import, "import asyncio")):
+        for sink, code in (
+            (bare, "pass"),
+            (asyncio_import, "import asyncio"),
+            (stack_import, stack),
+        ):
             started = time.perf_counter()
             subprocess.run([python, *options, "-c", code], check=True)
             sink.append(time.perf_counter() - started)
-    return {"bare_start_seconds": summary(bare), "import_asyncio_seconds": summary(asyncio_import)}
+        done = subprocess.run(
+            [python, *options, "-c", stack + rss], check=True, capture_output=True, text=True
+        )
+        stack_rss.append(float(done.stdout))
+    return {
+        "bare_start_seconds": summary(bare),
+        "import_asyncio_seconds": summary(asyncio_import),
+        "import_stack_seconds": summary(stack_import),
+        "stack_rss_kb": summary(stack_rss),
+        "stack": list(STACK),
+    }
 
 
 def _load() -> str:

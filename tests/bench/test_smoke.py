@@ -45,4 +45,10 @@ def test_quick_bench_measures_startup_imports_and_rotations(tmp_path: Path) -> N
     assert overhead["own_cpu_ms"]["median"] > 0
     assert overhead["profile_top"]
     assert "QUICK SMOKE RUN" in report["meta"]["machine"]
-    assert (tmp_path / "BENCHMARKS.md").read_text().startswith("# Benchmarks")
+    reference = report["meta"]["reference"]
+    assert reference["import_stack_seconds"]["n"] == reference["stack_rss_kb"]["n"] > 0
+    assert reference["stack_rss_kb"]["median"] > 0
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert markdown.startswith("# Benchmarks")
+    assert "The chosen libraries alone" in markdown
+    assert "The floor under any start-up with the chosen libraries" in markdown
