@@ -512,16 +512,13 @@ _HISTORY_ROWS = [
     ),
     (
         "(2026-12-04) the chart renders its config as JSON, read with the standard library, so "
-        "`yaml` is imported only for a YAML file",
-        "-0.6 MiB",
-        "-0.02 s",
-    ),
-    (
-        "(2026-12-04) `sniffio` installed: `httpcore` imports it for every lock it makes, and "
-        "without it each attempt searched `sys.path` again (about 30 times before the first "
-        "token, about 100 path lookups per rotation)",
-        "-",
-        "-0.01 s",
+        "`yaml` is imported only for a YAML file; and `sniffio` installed: `httpcore` imports "
+        "it for every lock it makes, and without it each attempt searched `sys.path` again "
+        "(about 30 times before the first token, about 100 path lookups per rotation). "
+        "Measured together, 25 alternating pairs: memory 43,640 against 44,492 KiB, start-up "
+        "median 0.672 against 0.713 s (the pairs' spread is wider than the gain)",
+        "-0.8 MiB",
+        "about -0.04 s",
     ),
 ]
 
