@@ -109,7 +109,7 @@ def render(results: dict[str, Any]) -> str:
         w(
             f"| The chosen libraries alone (import {stack}; nothing of the sidecar) | "
             f"{_fmt(reference['import_stack_seconds'])} s, "
-            f"{_fmt(reference['stack_rss_kb'])} KiB resident |"
+            f"{_fmt(reference['stack_rss_kb'], 0)} KiB resident |"
         )
     w("")
     w(
