@@ -342,8 +342,8 @@ def _overhead(results: dict[str, Any], w: Callable[[str], None]) -> None:
     if top:
         w(
             f"Where own time goes: `cProfile` of the event-loop thread over "
-            f"{data['profiled_rotations']} more rotations, top functions by own time "
-            "(profiler overhead included):"
+            f"{data['profiled_rotations']} more rotations, from the first token on (start-up "
+            "is section 1), top functions by own time (profiler overhead included):"
         )
         w("")
         w("| function | calls | own s | cumulative s |")
