@@ -261,22 +261,27 @@ def notes(results: dict[str, Any]) -> dict[str, str]:
             "is the time between `sidecar.started` and `token.refreshed` in section 1."
         )
     reference = (results.get("meta") or {}).get("reference") or {}
-    floor_s = (reference.get("import_stack_seconds") or {}).get("median")
-    peer_s = _m((results.get("startup") or {}).get("agent_seconds"))
-    if floor_s and peer_s:
-        notes["startup"] = (
-            notes.get("startup", "")
-            + f" The chosen libraries imported on their own take {floor_s:.3f} s, "
-            f"{floor_s / peer_s:.2f}x the agent's whole start-up (machine reference, top)."
-        ).strip()
-    floor_kb = (reference.get("stack_rss_kb") or {}).get("median")
-    peer_kb = _m(_get(results, "idle", "agent", "rss_kb"))
-    if floor_kb and peer_kb:
-        notes["rss"] = (
-            notes.get("rss", "")
-            + f" The chosen libraries imported on their own hold {floor_kb:,.0f} KiB, "
-            f"{floor_kb / peer_kb:.2f}x the agent (machine reference, top)."
-        ).strip()
+    for key, floor, peer, amount, whole in (
+        (
+            "startup",
+            _m(reference.get("import_stack_seconds")),
+            _m(_get(results, "startup", "agent_seconds")),
+            "take {:.3f} s",
+            "the agent's whole start-up",
+        ),
+        (
+            "rss",
+            _m(reference.get("stack_rss_kb")),
+            _m(_get(results, "idle", "agent", "rss_kb")),
+            "hold {:,.0f} KiB",
+            "the agent",
+        ),
+    ):
+        if floor and peer:
+            notes[key] = (
+                f"{notes.get(key, '')} The chosen libraries imported on their own "
+                f"{amount.format(floor)}, {floor / peer:.2f}x {whole} (machine reference, top)."
+            ).strip()
     share = _regex_share(results.get("overhead") or {})
     if share is not None and share > 0.2:  # a fifth of the own time
         cause = (
